@@ -1,0 +1,29 @@
+"""Timing helpers shared by the benchmarks: best-of-n wall time after a warm-up."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+def best_time(fn: Callable[[], object], *, repeat: int = 5, warmup: int = 1) -> float:
+    """Best wall-clock seconds of `repeat` calls to `fn` after `warmup` calls (least noisy)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def row(benchmark: str, ours: float, reference: float, note: str = "") -> dict[str, object]:
+    """A result row; ratio = reference / ours, so above 1 means we are faster."""
+    return {
+        "benchmark": benchmark,
+        "ours_s": ours,
+        "reference_s": reference,
+        "ratio": reference / ours,
+        "note": note,
+    }

@@ -1,0 +1,52 @@
+"""circuits: mechanistic circuits analysis for conv nets and transformers.
+
+    import circuits as cc
+    cache = cc.capture(model, inputs, sites=["blocks.0.attn.hook_z"])
+    with cc.hooks(model, {"layer1.0.conv1": lambda act, site: act * 0}):
+        model(images)
+
+Importing has no side effects: no model is built, no file is read, nothing is downloaded.
+"""
+
+from circuits import zoo
+from circuits.cache import ActivationCache
+from circuits.capture import capture, sites
+from circuits.disk import DiskCache, capture_to_disk, load_cache
+from circuits.errors import (
+    CircuitsError,
+    ConfigError,
+    InputError,
+    MetricError,
+    ModelError,
+    SchemaError,
+    ShapeMismatchError,
+    SiteNotFiredError,
+    SiteNotFoundError,
+)
+from circuits.hooks import hook_count, hooks
+from circuits.site import Site
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActivationCache",
+    "CircuitsError",
+    "ConfigError",
+    "DiskCache",
+    "InputError",
+    "MetricError",
+    "ModelError",
+    "SchemaError",
+    "ShapeMismatchError",
+    "Site",
+    "SiteNotFiredError",
+    "SiteNotFoundError",
+    "__version__",
+    "capture",
+    "capture_to_disk",
+    "hook_count",
+    "hooks",
+    "load_cache",
+    "sites",
+    "zoo",
+]

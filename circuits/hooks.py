@@ -1,0 +1,129 @@
+"""The one hook engine: every hook circuits puts on a model is registered here and removed here.
+
+Hooks are global state on the model. `attach` registers plain torch forward (or forward-pre) hooks
+for a mapping of site name -> function, yields, and removes every handle in `finally`, so no hook
+survives an exception in the forward pass, in a hook function or in the caller's code. Capture,
+patching and attribution all build on `attach`; users intervene through `hooks`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from circuits.adapters.transformer_lens import hook_conversion
+from circuits.errors import InputError, ModelError, ShapeMismatchError, SiteNotFiredError
+from circuits.site import Site, SiteRef, resolve
+
+HookFn = Callable[[Tensor, Site], "Tensor | None"]
+
+
+@contextmanager
+def hooks(model: nn.Module, fns: Mapping[str, HookFn], *, strict: bool = True) -> Iterator[None]:
+    """Run the body with `fn(activation, site)` hooked on each site; `fn` may return a replacement.
+
+    A replacement must have the activation's shape. With `strict` (the default), a site whose hook
+    never ran by the end of the block raises SiteNotFiredError: a silent no-op intervention is a
+    bug. Hooks are removed when the block ends, whether or not it raised.
+
+        with cc.hooks(model, {"blocks.0.attn.hook_z": lambda z, site: z * 0}):
+            logits = model(tokens)
+    """
+    with attach(model, fns) as fired:
+        yield
+    if strict:
+        require_fired(fns, fired)
+
+
+@contextmanager
+def attach(
+    model: nn.Module, fns: Mapping[str, HookFn], *, tensors_only: bool = True
+) -> Iterator[Counter[str]]:
+    """Register `fns` on their sites for the duration of the block; yields a count of firings.
+
+    Every site is resolved before anything is registered, so an unknown name leaves the model
+    untouched. With `tensors_only`, a site whose activation is not a tensor raises ModelError.
+    """
+    if not isinstance(fns, Mapping):
+        raise InputError(
+            f"hooks takes a mapping of site name -> function, got {type(fns).__name__}"
+        )
+    for name, fn in fns.items():
+        if not callable(fn):
+            raise InputError(f"the hook for site {name!r} is a {type(fn).__name__}, not a function")
+    refs = resolve(model, list(fns))
+    fired: Counter[str] = Counter()
+    handles: list[RemovableHandle] = []
+    try:
+        for ref in refs:
+            handles.append(_register(ref, fns[ref.name], fired, tensors_only))
+        yield fired
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def require_fired(names: Mapping[str, Any] | list[str], fired: Counter[str]) -> None:
+    """Raise SiteNotFiredError for the sites in `names` whose hooks never ran."""
+    missing = [name for name in names if fired[name] == 0]
+    if missing:
+        raise SiteNotFiredError(
+            f"site(s) {missing} exist but never ran during the forward pass, so nothing was "
+            "read or changed there. TransformerLens computes some hooks only when asked "
+            "(hook_result: model.set_use_attn_result(True); hook_q_input: "
+            "model.set_use_split_qkv_input(True)); for other modules, check that the forward "
+            "pass calls them."
+        )
+
+
+def hook_count(model: nn.Module) -> int:
+    """Number of forward, forward-pre, backward and backward-pre hooks on all of `model`'s parts."""
+    kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    return sum(len(getattr(mod, kind, {})) for mod in model.modules() for kind in kinds)
+
+
+def _register(ref: SiteRef, fn: HookFn, fired: Counter[str], tensors_only: bool) -> RemovableHandle:
+    """Register one torch hook that calls `fn` on the site's activation and applies its result.
+
+    A TransformerBridge hook point holds q/k/v/z flattened over heads; its `hook_conversion`
+    shows `fn` the [batch, pos, head, d_head] view that HookedTransformer has, and turns a
+    replacement back.
+    """
+    conversion = hook_conversion(ref.module)
+
+    def apply(act: Any) -> Any:
+        fired[ref.name] += 1
+        if not isinstance(act, Tensor):
+            if tensors_only:
+                raise ModelError(
+                    f"site {ref.name!r} carries a {type(act).__name__}, not a tensor; "
+                    "pick a submodule whose output is a tensor"
+                )
+            return fn(act, Site(ref.name, (), ()))
+        view = act if conversion is None else conversion.convert(act)
+        new = fn(view, ref.site(view))
+        if new is None:
+            return None
+        if not isinstance(new, Tensor) or new.shape != view.shape:
+            got = tuple(new.shape) if isinstance(new, Tensor) else type(new).__name__
+            raise ShapeMismatchError(
+                f"the hook on {ref.name!r} returned {got}; a replacement must be a tensor of the "
+                f"activation's shape {tuple(view.shape)} (return None to leave it unchanged)"
+            )
+        return new if conversion is None else conversion.revert(new)
+
+    if ref.io == "output":
+        return ref.module.register_forward_hook(lambda _mod, _args, out: apply(out))
+
+    def pre(_mod: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        if not args:
+            raise ModelError(f"site {ref.name!r} needs a positional input, but got keywords only")
+        new = apply(args[0])
+        return None if new is None else (new, *args[1:])
+
+    return ref.module.register_forward_pre_hook(pre)
