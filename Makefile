@@ -26,21 +26,27 @@ unit: $(VENV)/.installed
 
 # The transformer tests again, against the transformer-lens 3.x line (HookedTransformer).
 tl3: $(VENV_TL3)/.installed
-	$(VENV_TL3)/bin/pytest -q -m transformer tests
+	$(VENV_TL3)/bin/python -m pytest -q -m transformer tests
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python -m benchmarks
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install $(PIP_FLAGS) -c $(CONSTRAINTS) -e ".[dev]" 2>&1 | grep -v "is ignored" || true
+	$(VENV)/bin/pip install $(PIP_FLAGS) --no-compile -c $(CONSTRAINTS) -e ".[dev]" 2>&1 | grep -v "is ignored" || true
 	$(VENV)/bin/python -c "import circuits, torch, transformer_lens, sklearn, captum"
 	touch $@
 
-$(VENV_TL3)/.installed: pyproject.toml $(CONSTRAINTS)
-	$(PYTHON) -m venv $(VENV_TL3)
-	$(VENV_TL3)/bin/pip install $(PIP_FLAGS) -c $(CONSTRAINTS) -e . "transformer-lens==3.9.0" pytest scikit-learn captum 2>&1 | grep -v "is ignored" || true
-	$(VENV_TL3)/bin/python -c "import circuits, transformer_lens; from transformer_lens import HookedTransformer"
+# transformer-lens 3.9 needs the same packages as 4.x plus better-abc, so .venv-tl3 holds just
+# those two and reads everything else from .venv through a .pth file placed after its own packages.
+$(VENV_TL3)/.installed: $(VENV)/.installed
+	$(PYTHON) -m venv --without-pip $(VENV_TL3)
+	$(VENV)/bin/python -c "import site; print('import site; site.addsitedir(%r)' % site.getsitepackages()[0])" \
+		> "$$($(VENV_TL3)/bin/python -c 'import site; print(site.getsitepackages()[0])')/zz-circuits-base.pth"
+	$(VENV)/bin/pip install $(PIP_FLAGS) --no-compile --no-deps \
+		--target "$$($(VENV_TL3)/bin/python -c 'import site; print(site.getsitepackages()[0])')" \
+		"transformer-lens==3.9.0" "better-abc==0.0.3"
+	$(VENV_TL3)/bin/python -c "import circuits; from transformer_lens import HookedTransformer"
 	touch $@
 
 clean:

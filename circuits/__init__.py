@@ -23,6 +23,17 @@ from circuits.errors import (
     SiteNotFiredError,
     SiteNotFoundError,
 )
+from circuits.graph import (
+    build_graph,
+    build_graph_from_matrix,
+    export_neuronpedia,
+    graph_frames,
+    load_graph,
+    plot_graph,
+    prune,
+    save_graph,
+    save_html,
+)
 from circuits.hooks import hook_count, hooks
 from circuits.site import Site
 
@@ -42,11 +53,20 @@ __all__ = [
     "SiteNotFiredError",
     "SiteNotFoundError",
     "__version__",
+    "build_graph",
+    "build_graph_from_matrix",
     "capture",
     "capture_to_disk",
+    "export_neuronpedia",
+    "graph_frames",
     "hook_count",
     "hooks",
     "load_cache",
+    "load_graph",
+    "plot_graph",
+    "prune",
+    "save_graph",
+    "save_html",
     "sites",
     "zoo",
 ]

@@ -1,0 +1,217 @@
+"""Save and load circuit graphs: node-link JSON, GraphML and GEXF, chosen by the file suffix.
+
+Every format round-trips the schema exactly (same nodes, edges, attributes and attribute types;
+NaN stays NaN), and networkx's own readers open our files:
+
+* ``.json``: networkx node-link data (``json_graph.node_link_graph(json.load(f))``), strict JSON:
+  NaN is written as ``null`` and read back as NaN.
+* ``.graphml``: ``nx.read_graphml``; provenance is GraphML graph data.
+* ``.gexf``: ``nx.read_gexf``; GEXF has no graph attributes, so the provenance is a JSON object
+  in ``<meta><description>``, which networkx ignores and `load_graph` reads.
+
+Writes are atomic: the file is written to a temporary file in the same folder and moved into
+place with ``os.replace``, so a failed save leaves neither a partial file nor the temporary file.
+`load_graph` validates the schema; a truncated or corrupted file, or one from a newer schema,
+raises SchemaError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import networkx as nx
+import pandas as pd
+from networkx.readwrite import json_graph
+
+from circuits.errors import ConfigError, InputError, SchemaError
+from circuits.graph.schema import GRAPH_ATTRS, check_version, fix_types, validate
+
+FORMATS = (".json", ".graphml", ".gexf")
+_XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+_GEXF_NS = "{http://www.gexf.net/1.2draft}"
+_GEXF_TAG = "circuits-graph-attributes:"
+
+
+def _suffix(path: str | os.PathLike[str]) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise ConfigError(
+            f"cannot tell the graph format of {str(path)!r} from its suffix {suffix!r}; "
+            f"use one of {', '.join(FORMATS)}"
+        )
+    return suffix
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary file beside `path`; on success move it onto `path`, else delete it.
+
+    The temporary file is created with `open(..., "x")`, so it gets the usual permissions (the
+    umask), unlike `tempfile.mkstemp`'s owner-only ones.
+    """
+    target = Path(path)
+    if not target.parent.is_dir():
+        raise ConfigError(f"folder {str(target.parent)!r} does not exist; create it first")
+    if mode not in ("w", "wb"):
+        raise ConfigError(f"atomic_open writes with mode 'w' or 'wb', got {mode!r}")
+    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        with open(tmp, "xb") if mode == "wb" else open(tmp, "x", encoding="utf-8") as fh:
+            yield fh
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def save_graph(g: nx.DiGraph, path: str | os.PathLike[str]) -> Path:
+    """Validate `g` and write it to `path` (.json, .graphml or .gexf), atomically."""
+    suffix = _suffix(path)
+    validate(g)
+    if suffix != ".json":
+        _check_xml_text(g)
+    writer: Callable[[nx.DiGraph, IO[Any]], None] = {
+        ".json": _write_json, ".graphml": _write_graphml, ".gexf": _write_gexf
+    }[suffix]  # fmt: skip
+    with atomic_open(path, "w" if suffix == ".json" else "wb") as fh:
+        writer(g, fh)
+    return Path(path)
+
+
+def load_graph(path: str | os.PathLike[str]) -> nx.DiGraph:
+    """Read a graph written by `save_graph`, restore attribute types and validate the schema."""
+    suffix = _suffix(path)
+    if not Path(path).is_file():
+        raise InputError(f"no graph file at {str(path)!r}")
+    reader = {".json": _read_json, ".graphml": _read_graphml, ".gexf": _read_gexf}[suffix]
+    try:
+        g = reader(Path(path))
+    except SchemaError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError, ET.ParseError, nx.NetworkXError) as e:
+        raise SchemaError(
+            f"{str(path)!r} is not a readable {suffix[1:]} circuit graph (truncated or "
+            f"corrupted?): {type(e).__name__}: {e}"
+        ) from None
+    if not isinstance(g, nx.DiGraph) or g.is_multigraph() or not g.is_directed():
+        raise SchemaError(f"{str(path)!r} does not hold a simple directed graph")
+    if "schema_version" in g.graph:
+        check_version(g.graph["schema_version"])
+    fix_types(g)
+    validate(g)
+    return g
+
+
+def graph_frames(g: nx.DiGraph) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The graph as tables: nodes (a ``key`` column + attributes), edges (source, target, ...).
+
+    `build_graph(edges, nodes=nodes, meta=g.graph)` rebuilds the same graph.
+    """
+    nodes = pd.DataFrame([{"key": k, **a} for k, a in g.nodes(data=True)], columns=None)
+    if nodes.empty:
+        nodes = pd.DataFrame(columns=["key", "kind"])
+    edges = pd.DataFrame(
+        [{"source": u, "target": v, **a} for u, v, a in g.edges(data=True)],
+    )
+    if edges.empty:
+        edges = pd.DataFrame(columns=["source", "target", "weight", "method"])
+    return nodes, edges
+
+
+def _check_xml_text(g: nx.DiGraph) -> None:
+    """XML cannot hold control characters; refuse them before writing anything."""
+
+    def check(where: str, value: object) -> None:
+        if isinstance(value, str) and _XML_BAD.search(value):
+            raise SchemaError(f"{where} holds a control character XML cannot store: {value!r:.80}")
+
+    for name, value in g.graph.items():
+        check(f"graph attribute {name!r}", value)
+    for key, attrs in g.nodes(data=True):
+        check("a node key", key)
+        for name, value in attrs.items():
+            check(f"node {key!r} attribute {name!r}", value)
+    for u, v, attrs in g.edges(data=True):
+        for name, value in attrs.items():
+            check(f"edge {u!r} -> {v!r} attribute {name!r}", value)
+
+
+def _nan_to_none(attrs: dict[str, Any]) -> dict[str, Any]:
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in attrs.items()}
+
+
+def _write_json(g: nx.DiGraph, fh: IO[Any]) -> None:
+    data = json_graph.node_link_data(g, edges="edges")
+    data["graph"] = _nan_to_none(data["graph"])
+    data["nodes"] = [_nan_to_none(n) for n in data["nodes"]]
+    data["edges"] = [_nan_to_none(e) for e in data["edges"]]
+    json.dump(data, fh, allow_nan=False, indent=1)
+    fh.write("\n")
+
+
+def _read_json(path: Path) -> nx.DiGraph:
+    with path.open(encoding="utf-8") as fh:
+        data = json.load(fh)
+    if not isinstance(data, dict) or "nodes" not in data:
+        raise SchemaError(f"{str(path)!r} is JSON but not node-link graph data")
+    version = (data.get("graph") or {}).get("schema_version")
+    if version is not None:
+        check_version(version)
+    edges = "links" if "edges" not in data and "links" in data else "edges"  # networkx < 3.4
+    g = json_graph.node_link_graph(data, directed=True, multigraph=False, edges=edges)
+    return g
+
+
+def _write_graphml(g: nx.DiGraph, fh: IO[Any]) -> None:
+    nx.write_graphml(g, fh, encoding="utf-8", prettyprint=True)
+
+
+def _read_graphml(path: Path) -> nx.DiGraph:
+    g = nx.read_graphml(path, force_multigraph=False)
+    g.graph.pop("node_default", None)
+    g.graph.pop("edge_default", None)
+    return g
+
+
+def _write_gexf(g: nx.DiGraph, fh: IO[Any]) -> None:
+    writer = nx.readwrite.gexf.GEXFWriter(encoding="utf-8", prettyprint=True)
+    writer.add_graph(g)
+    meta = writer.xml.find("meta")
+    if meta is None:  # networkx writes <meta>; be safe if a version does not
+        meta = ET.SubElement(writer.xml, "meta")
+    provenance = json.dumps(_nan_to_none(dict(g.graph)), allow_nan=False, sort_keys=True)
+    ET.SubElement(meta, "description").text = _GEXF_TAG + provenance
+    writer.write(fh)
+
+
+def _read_gexf(path: Path) -> nx.DiGraph:
+    root = ET.parse(path).getroot()
+    text = root.findtext(f"{_GEXF_NS}meta/{_GEXF_NS}description") or ""
+    provenance: dict[str, Any] = {}
+    if text.startswith(_GEXF_TAG):
+        provenance = json.loads(text[len(_GEXF_TAG) :])
+        if "schema_version" in provenance:
+            check_version(provenance["schema_version"])
+    g = nx.read_gexf(path)
+    if g.is_multigraph():
+        raise SchemaError(f"{str(path)!r} holds parallel edges; a circuit graph has none")
+    for name in ("mode", "name", "node_default", "edge_default"):
+        if name not in provenance:
+            g.graph.pop(name, None)
+    g.graph.update(provenance)
+    for _, _, attrs in g.edges(data=True):
+        attrs.pop("id", None)  # GEXF edge ids, made up by the writer; "id" is reserved
+    for name in GRAPH_ATTRS:  # the provenance JSON wrote NaN as null
+        if g.graph.get(name, 0) is None:
+            g.graph[name] = math.nan
+    return g
