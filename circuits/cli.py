@@ -28,9 +28,7 @@ def demo(out: Path) -> None:
         print(f"  relu2 channel {ch}: fires on {rate[1]:.0%} of corners, {rate[0]:.0%} of others")
 
     model = cc.zoo.tiny_transformer()
-    tokens = torch.randint(
-        0, model.cfg.d_vocab, (4, 16), generator=torch.Generator().manual_seed(0)
-    )
+    tokens = torch.randint(0, 50, (4, 16), generator=torch.Generator().manual_seed(0))
     table = cc.sites(model, tokens)
     print(f"\n{type(model).__name__}: {len(table)} sites, for example")
     print(table[table.site.str.contains("blocks.0.attn")].to_string(index=False))
