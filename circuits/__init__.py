@@ -23,6 +23,7 @@ from circuits.errors import (
     SiteNotFiredError,
     SiteNotFoundError,
 )
+from circuits.features import DirectionBasis, FeatureBasis, UnitBasis
 from circuits.graph import (
     build_graph,
     build_graph_from_matrix,
@@ -35,6 +36,7 @@ from circuits.graph import (
     save_html,
 )
 from circuits.hooks import hook_count, hooks
+from circuits.probes import ProbeConfig, ProbeResult, fit_probe, plot_probe_sweep, probe_sweep
 from circuits.site import Site
 
 __version__ = "0.1.0"
@@ -43,27 +45,35 @@ __all__ = [
     "ActivationCache",
     "CircuitsError",
     "ConfigError",
+    "DirectionBasis",
     "DiskCache",
+    "FeatureBasis",
     "InputError",
     "MetricError",
     "ModelError",
+    "ProbeConfig",
+    "ProbeResult",
     "SchemaError",
     "ShapeMismatchError",
     "Site",
     "SiteNotFiredError",
     "SiteNotFoundError",
+    "UnitBasis",
     "__version__",
     "build_graph",
     "build_graph_from_matrix",
     "capture",
     "capture_to_disk",
     "export_neuronpedia",
+    "fit_probe",
     "graph_frames",
     "hook_count",
     "hooks",
     "load_cache",
     "load_graph",
     "plot_graph",
+    "plot_probe_sweep",
+    "probe_sweep",
     "prune",
     "save_graph",
     "save_html",

@@ -1,0 +1,247 @@
+"""fit_probe: one linear probe on one set of activations, with a held-out split and a control task.
+
+Control task (after Hewitt & Liang, 2019, "Designing and Interpreting Probes with Control Tasks").
+Their control gives every word type a fixed random label, so a probe can only score on it by
+memorising types. Activations alone carry no types, so by default the control labels are the real
+labels under a seeded random permutation: class balance is kept exactly, and any link between an
+activation and its label is broken. A probe that scores well on that (on its training split) is
+memorising; on the test split it sits at chance. Pass `types` (one per sample, e.g. token ids)
+for the original recipe: each distinct type gets one label drawn from the label distribution.
+selectivity = test_score - control_score.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from circuits.errors import ConfigError
+from circuits.probes import solvers
+from circuits.probes.data import (
+    POOLS,
+    Labels,
+    Layout,
+    Pool,
+    as_tensor,
+    check_finite,
+    control_labels,
+    encode_classes,
+    encode_targets,
+    label_array,
+    project,
+    split,
+    standardise,
+    to_matrix,
+)
+from circuits.probes.logistic import logistic
+from circuits.probes.result import ProbeResult, evaluate
+from circuits.probes.solvers import LinearFit
+
+logger = logging.getLogger(__name__)
+
+Kind = Literal["logistic", "linear", "mass_mean"]
+KINDS = ("logistic", "linear", "mass_mean")
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Options of a probe fit; see `fit_probe` for what each means."""
+
+    kind: Kind = "logistic"
+    C: float = 1.0
+    alpha: float = 1.0
+    whiten: bool = False
+    ridge: float = 1e-3
+    standardize: bool = True
+    test_fraction: float = 0.2
+    control: bool = True
+    seed: int = 0
+    pool: Pool | None = None
+    feature_axis: int = -1
+    tol: float = 1e-4
+    max_iter: int = 100
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.pool is not None and self.pool not in POOLS:
+            raise ConfigError(f"pool must be one of {POOLS} or None, got {self.pool!r}")
+        if not 0 <= self.test_fraction < 1:
+            raise ConfigError(f"test_fraction must be in [0, 1), got {self.test_fraction!r}")
+        for name in ("C", "tol"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("alpha", "ridge"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if (
+            isinstance(self.max_iter, bool)
+            or not isinstance(self.max_iter, int)
+            or self.max_iter < 1
+        ):
+            raise ConfigError(f"max_iter must be a positive int, got {self.max_iter!r}")
+
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
+def fit_probe(
+    acts: Float[Tensor, "n ..."],
+    labels: Labels,
+    *,
+    kind: Kind = "logistic",
+    C: float = 1.0,
+    alpha: float = 1.0,
+    whiten: bool = False,
+    ridge: float = 1e-3,
+    standardize: bool = True,
+    test_fraction: float = 0.2,
+    control: bool = True,
+    types: Labels | None = None,
+    seed: int = 0,
+    pool: Pool | None = None,
+    feature_axis: int = -1,
+    tol: float = 1e-4,
+    max_iter: int = 100,
+    site: str | None = None,
+) -> ProbeResult:
+    """Fit a linear probe reading `labels` out of `acts`; returns a ProbeResult.
+
+    acts: [n, d], or more axes reduced as `pool` says (None, "mean", "max", "flatten", "stack";
+        see circuits.probes.data); `feature_axis` names the feature axis (-1; 1 for conv channels).
+    labels: one per sample (classes of any type for logistic / mass_mean; numbers [n] or [n, t]
+        for linear).
+    kind: "logistic" (L2-regularised, binary or softmax; `C` as scikit-learn's
+        LogisticRegression), "linear" (ridge regression, `alpha` as scikit-learn's Ridge) or
+        "mass_mean" (difference of class means in raw activation space; `whiten` multiplies by
+        the inverse within-class covariance plus `ridge` times its mean variance: LDA).
+    standardize: fit on features scaled to mean 0, std 1 with the training split's statistics
+        (logistic and linear; directions are reported in raw and standardised space either way).
+    test_fraction, seed: size of the held-out split (stratified by class) and its seed.
+    control, types: also fit the control task (module docstring) to report selectivity.
+    tol, max_iter: logistic solver stopping rule (largest gradient entry of the mean loss).
+    Runs on the activations' device, in float32 (float64 for the small d x d solves).
+    """
+    config = ProbeConfig(
+        kind=kind, C=C, alpha=alpha, whiten=whiten, ridge=ridge, standardize=standardize,
+        test_fraction=test_fraction, control=control, seed=seed, pool=pool,
+        feature_axis=feature_axis, tol=tol, max_iter=max_iter,
+    )  # fmt: skip
+    acts = as_tensor(acts)
+    x, layout = to_matrix(acts, pool=config.pool, feature_axis=config.feature_axis)
+    return fit_matrix(x, labels, layout=layout, n_inputs=acts.shape[0], config=config,
+                      types=types, site=site)  # fmt: skip
+
+
+def fit_matrix(
+    x: Tensor,
+    labels: Labels,
+    *,
+    layout: Layout,
+    n_inputs: int,
+    config: ProbeConfig,
+    types: Labels | None = None,
+    site: str | None = None,
+) -> ProbeResult:
+    """Fit on a prepared matrix [N, d] (rows grouped by input as `layout` says)."""
+    check_finite(x, "activations")
+    device = x.device
+    classify = config.kind != "linear"
+    arr = label_array(labels, layout, n_inputs, device=device)
+    classes: tuple[Any, ...] = ()
+    if classify:
+        y, classes = encode_classes(arr, device=device)
+    else:
+        y = encode_targets(arr, device=device)
+    per_input = x.shape[0] // n_inputs
+    strata = y.reshape(n_inputs, per_input)[:, 0] if classify and per_input == 1 else None
+    train, test = split(n_inputs, per_input, test_fraction=config.test_fraction,
+                        seed=config.seed, strata=strata, device=device)  # fmt: skip
+    data = _Training(x, train, config, n_classes=len(classes))
+    main = data.fit(y)
+    w_raw = main.weight / data.scale
+    b_raw = main.bias - w_raw @ data.mean
+    metrics = evaluate(_scores(x, main, w_raw, b_raw), y, classes, train, test)
+    control = (math.nan, math.nan)
+    if config.control:
+        y_control = control_labels(y, types, layout, n_inputs, seed=config.seed)
+        fit = data.fit(y_control)
+        wc = fit.weight / data.scale
+        scores = _scores(x, fit, wc, fit.bias - wc @ data.mean)
+        control = evaluate(scores, y_control, classes, train, test)[:2]
+    if not main.converged:
+        logger.warning(
+            "probe%s did not converge in %d iterations; raise max_iter or tol",
+            f" at {site!r}" if site else "", config.max_iter,
+        )  # fmt: skip
+    test_score = metrics[1]
+    return ProbeResult(
+        kind=config.kind, metric="accuracy" if classify else "r2",
+        direction=w_raw, bias=b_raw, direction_std=main.weight, bias_std=main.bias,
+        mean=data.mean, scale=data.scale, classes=classes,
+        train_score=metrics[0], test_score=test_score,
+        control_score=control[1], control_train_score=control[0],
+        selectivity=test_score - control[1] if config.control else math.nan,
+        chance=metrics[2], precision=metrics[3], recall=metrics[4], support=metrics[5],
+        n_train=len(train), n_test=len(test), n_iter=main.n_iter, converged=main.converged,
+        site=site, config=config, layout=layout,
+    )  # fmt: skip
+
+
+class _Training:
+    """The training split of x, standardised, as each solver wants it.
+
+    The binary logistic solver reads x in place through the split mask and the statistics (no
+    copy); the softmax and closed-form solvers get one standardised copy of the training rows,
+    made on first use and shared by the task and control fits. Data are always centred (a bias
+    absorbs it); `standardize` decides whether they are also scaled.
+    """
+
+    def __init__(self, x: Tensor, train: Tensor, config: ProbeConfig, *, n_classes: int) -> None:
+        self.x, self.train, self.config, self.n_classes = x, train, config, n_classes
+        self.rows: Tensor | None = None
+        if len(train) < x.shape[0]:
+            self.rows = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+            self.rows[train] = True
+        self.mean, self.scale = standardise(x, self.rows, scale=config.standardize)
+        self._copy: Tensor | None = None
+
+    def fit(self, y: Tensor) -> LinearFit:
+        """One solver call; weights and bias in the standardised space."""
+        config = self.config
+        solve = functools.partial(logistic, C=config.C, tol=config.tol, max_iter=config.max_iter)
+        if config.kind == "logistic" and (self.n_classes == 2 or self.rows is None):
+            return solve(self.x, y, self.n_classes, mean=self.mean, scale=self.scale,
+                         rows=self.rows)  # fmt: skip
+        y_train = y[self.train]
+        if config.kind == "logistic":  # softmax: two n x d x k products per iteration, so a
+            # standardised copy of the training rows costs less than reading the test rows too
+            fit = solve(self.copy(), y_train, self.n_classes)
+            return dataclasses.replace(fit, scores=None)
+        if config.kind == "linear":
+            return solvers.ridge(self.copy(), y_train, alpha=config.alpha)
+        # Unwhitened: nearest class mean in raw activation space, whose metric in standardised
+        # coordinates is diag(scale^2); whitened: LDA, the same in either coordinates.
+        metric = None if config.whiten else self.scale**2
+        return solvers.mass_mean(self.copy(), y_train, self.n_classes, whiten=config.whiten,
+                                 ridge=config.ridge, metric=metric)  # fmt: skip
+
+    def copy(self) -> Tensor:
+        """The training rows, standardised: one copy, made on first use."""
+        if self._copy is None:
+            self._copy = self.x.index_select(0, self.train).sub_(self.mean).div_(self.scale)
+        return self._copy
+
+
+def _scores(x: Tensor, fit: LinearFit, w_raw: Tensor, b_raw: Tensor) -> Tensor:
+    """Every row's scores: the solver's own where it kept them, else one product."""
+    return fit.scores if fit.scores is not None else project(x, w_raw) + b_raw
