@@ -8,7 +8,7 @@
 Importing has no side effects: no model is built, no file is read, nothing is downloaded.
 """
 
-from circuits import zoo
+from circuits import metrics, zoo
 from circuits.cache import ActivationCache
 from circuits.capture import capture, sites
 from circuits.disk import DiskCache, capture_to_disk, load_cache
@@ -36,6 +36,7 @@ from circuits.graph import (
     save_html,
 )
 from circuits.hooks import hook_count, hooks
+from circuits.patching import Node, PatchingResult, heads, node, patch, path_patch
 from circuits.probes import ProbeConfig, ProbeResult, fit_probe, plot_probe_sweep, probe_sweep
 from circuits.site import Site
 
@@ -51,6 +52,8 @@ __all__ = [
     "InputError",
     "MetricError",
     "ModelError",
+    "Node",
+    "PatchingResult",
     "ProbeConfig",
     "ProbeResult",
     "SchemaError",
@@ -67,10 +70,15 @@ __all__ = [
     "export_neuronpedia",
     "fit_probe",
     "graph_frames",
+    "heads",
     "hook_count",
     "hooks",
     "load_cache",
     "load_graph",
+    "metrics",
+    "node",
+    "patch",
+    "path_patch",
     "plot_graph",
     "plot_probe_sweep",
     "probe_sweep",
