@@ -30,7 +30,7 @@ class Block(nn.Module):
 
 
 def resnet18(num_classes: int = 1000) -> nn.Module:
-    """ResNet-18's layout: a 7x7 stem, four stages of two blocks (64-512 channels), a linear head."""
+    """ResNet-18 layout: a 7x7 stem, four stages of two blocks (64-512 channels), a head."""
     stages, cin = [], 64
     for i, cout in enumerate((64, 128, 256, 512)):
         stages.append(nn.Sequential(Block(cin, cout, 1 if i == 0 else 2), Block(cout, cout, 1)))
