@@ -8,7 +8,7 @@
 Importing has no side effects: no model is built, no file is read, nothing is downloaded.
 """
 
-from circuits import metrics, zoo
+from circuits import metrics, toy, zoo
 from circuits.cache import ActivationCache
 from circuits.capture import capture, sites
 from circuits.disk import DiskCache, capture_to_disk, load_cache
@@ -86,5 +86,6 @@ __all__ = [
     "save_graph",
     "save_html",
     "sites",
+    "toy",
     "zoo",
 ]
