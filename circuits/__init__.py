@@ -9,6 +9,7 @@ Importing has no side effects: no model is built, no file is read, nothing is do
 """
 
 from circuits import metrics, toy, zoo
+from circuits.attribution import AttributionResult, attribute
 from circuits.cache import ActivationCache
 from circuits.capture import capture, sites
 from circuits.disk import DiskCache, capture_to_disk, load_cache
@@ -44,6 +45,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ActivationCache",
+    "AttributionResult",
     "CircuitsError",
     "ConfigError",
     "DirectionBasis",
@@ -63,6 +65,7 @@ __all__ = [
     "SiteNotFoundError",
     "UnitBasis",
     "__version__",
+    "attribute",
     "build_graph",
     "build_graph_from_matrix",
     "capture",

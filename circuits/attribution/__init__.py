@@ -1,0 +1,36 @@
+"""Path attribution: which parts and which connections carry a behaviour, from gradients.
+
+    res = attribute(model, clean, corrupt, metric, method="attribution_patching",
+                    site="blocks.{L}.attn.hook_z", unit="head")     # ~ patching every head
+    res = attribute(model, clean, corrupt, metric, method="integrated_gradients")  # the input
+    res = attribute(model, clean, corrupt, metric, method="eap-ig")  # every edge of the graph
+    res = attribute(model, tokens, None, None, method="direct_effects",
+                    source=DirectionBasis(..., site=...), target=UnitBasis(..., site=...))
+    res.to_frame(); res.top_edges(10); nodes, edges = res.graph_frames(); res.completeness_gap
+
+- `nodes`: attribution patching and integrated gradients (Captum's rules) on any site and unit.
+- `edges`: EAP and EAP-IG on a TransformerLens model's residual-stream graph.
+- `conv`: EAP and EAP-IG on the channel graph of a chain of conv layers.
+- `direct`: feature-to-feature direct effects in the linearised model, with an error term.
+Every hook goes through `circuits.hooks`; tensors stay on the model's device.
+"""
+
+from circuits.attribution.api import EdgeMethod, Method, attribute, edge_attribution
+from circuits.attribution.common import Direction, IGPath, Rule
+from circuits.attribution.direct import direct_effects
+from circuits.attribution.nodes import attribution_patching, integrated_gradients
+from circuits.attribution.result import AttributionResult
+
+__all__ = [
+    "AttributionResult",
+    "Direction",
+    "EdgeMethod",
+    "IGPath",
+    "Method",
+    "Rule",
+    "attribute",
+    "attribution_patching",
+    "direct_effects",
+    "edge_attribution",
+    "integrated_gradients",
+]

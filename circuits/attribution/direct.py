@@ -1,0 +1,302 @@
+"""Feature-to-feature direct effects in a linearised model (as in the circuit-tracing work).
+
+Freeze what makes a transformer nonlinear at its clean values: attention patterns (by holding
+hook_q and hook_k, the only things a pattern is computed from; this works on every
+transformer-lens line, where an edit of hook_pattern is discarded on some), LayerNorm scales
+(hook_scale) and MLP activations (mlp.hook_post, so no gradient crosses an MLP). What is left is
+affine in the source site s: a target feature's activation is t_j = sum_s' J_j . s' + rest_j.
+
+With a feature basis at the source (s = decode(encode(s)) + error), the direct effect of source
+feature i on target feature j is the part of J_j . s carried by feature i's decoded vector:
+
+    DE[i, j] = < J_j , decode(coefficients of feature i only) >      (summed over batch, positions)
+
+plus an error row < J_j , s - decode(encode(s)) > (what the basis does not explain), and `rest_j`
+(everything not coming from the source site: embeddings along other paths, biases, frozen MLPs).
+The three add up to t_j exactly in an affine model; `completeness_gap` measures it with a second,
+real run where the source is zeroed, so a nonlinearity left unfrozen shows up as a gap.
+
+A target feature's activation is its coefficient summed over every other axis (batch, positions,
+or only `target_pos`); a source feature's effect sums over all its positions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from circuits.adapters.transformer_lens import hook_axes, hook_table, is_transformer_lens
+from circuits.capture import Index, run_model, select
+from circuits.errors import ConfigError, InputError
+from circuits.features import FeatureBasis, UnitBasis
+from circuits.hooks import attach, require_fired
+from circuits.site import Site
+
+from .common import check_model, progress_bar
+from .result import AttributionResult, layer_of, node_row
+
+log = logging.getLogger(__name__)
+
+LINEARITY_TOLERANCE = 1e-3
+NONLINEAR = ("hook_q", "hook_k", "hook_pattern", "hook_attn_scores", "hook_scale", "hook_rot_q",
+             "hook_rot_k")  # fmt: skip
+
+
+def direct_effects(
+    model: nn.Module,
+    inputs: Any,
+    *,
+    source: FeatureBasis,
+    target: FeatureBasis,
+    target_pos: Index | None = None,
+    freeze: Sequence[str] | None = None,
+    progress: bool | None = None,
+) -> AttributionResult:
+    """Direct effects of each source feature on each target feature in the linearised model.
+
+    source, target: feature bases whose `site` names where they live (UnitBasis, DirectionBasis,
+        e.g. a probe's directions); the target must lie after the source.
+    target_pos: positions of the target read (None: all).
+    freeze: sites held at their clean values (gradients stopped); None: a TransformerLens model's
+        hook_q, hook_k, hook_scale and mlp.hook_post everywhere. Other models must name them.
+    progress: show a tqdm bar over the target features (None: only on a terminal).
+    Returns scores [source feature (+ error), target feature] with `extras["rest"]`.
+    """
+    check_model(model)
+    src_basis, src_site = _basis(source, "source")
+    tgt_basis, tgt_site = _basis(target, "target")
+    if src_site == tgt_site:
+        raise ConfigError(
+            f"source and target are both at {src_site!r}; a site has no direct effect on itself"
+        )
+    frozen = _frozen(model, freeze)
+    if src_site.rsplit(".", 1)[-1] in NONLINEAR:
+        raise ConfigError(
+            f"the source {src_site!r} only acts through attention patterns or normalisation "
+            "scales, which the linearised model freezes; pick hook_z, hook_v, a residual or an "
+            "MLP site"
+        )
+    if tgt_site in frozen:
+        raise ConfigError(
+            f"the target {tgt_site!r} is frozen in the linearised model; read a site before the "
+            "nonlinearity (mlp.hook_pre for MLP neurons)"
+        )
+    with _python_norms(model):
+        return _direct_effects(model, inputs, src_basis, tgt_basis, frozen, target_pos, progress)
+
+
+def _direct_effects(
+    model: nn.Module, inputs: Any, src_basis: FeatureBasis, tgt_basis: FeatureBasis,
+    frozen: list[str], target_pos: Index | None, progress: bool | None,
+) -> AttributionResult:  # fmt: skip
+    src_site, tgt_site = str(src_basis.site), str(tgt_basis.site)
+    stored: dict[str, list[Tensor]] = {}
+    seen: dict[str, Any] = {}
+
+    def read_source(act: Tensor, site: Site) -> Tensor:
+        seen.setdefault("order", []).append("source")
+        seen["source"] = leaf = act.detach().requires_grad_(True)
+        return leaf
+
+    def read_target(act: Tensor, site: Site) -> None:
+        seen.setdefault("order", []).append("target")
+        seen["target"], seen["target_site"] = act, site
+
+    with torch.enable_grad():
+        _run(model, inputs, {n: _record(n, stored) for n in frozen},
+             {src_site: read_source, tgt_site: read_target})  # fmt: skip
+    s, site = seen["source"], seen["target_site"]
+    t = _activation(tgt_basis, seen["target"], site, target_pos)
+    if seen["order"][0] == "target" or not t.requires_grad:
+        raise ConfigError(
+            f"the target {tgt_site!r} does not depend on the source {src_site!r} in the "
+            "linearised model; the target must come after the source"
+        )
+    coeffs = src_basis.encode(s.detach())
+    error = s.detach() - src_basis.decode(coeffs)
+    decode_t = torch.func.vjp(src_basis.decode, coeffs)[1]
+    k_s, k_t = src_basis.n_features, tgt_basis.n_features
+    scores = s.new_zeros(k_s + 1, k_t)
+    with progress_bar(k_t, "direct effects", progress) as bar:
+        for j in range(k_t):
+            (grad,) = torch.autograd.grad(t[j], [s], retain_graph=j + 1 < k_t, allow_unused=True)
+            grad = torch.zeros_like(s) if grad is None else grad
+            (back,) = decode_t(grad)
+            scores[:k_s, j] = _per_feature(coeffs * back, src_basis.dim, k_s)
+            scores[k_s, j] = (grad * error).sum()
+            bar.update(1)
+    rest = _rest(model, inputs, frozen, stored, src_site, tgt_site, tgt_basis, target_pos)
+    src_rows, src_keys = _feature_nodes(
+        src_basis, src_site, s, _per_feature(coeffs, src_basis.dim, k_s)
+    )
+    tgt_rows, tgt_keys = _feature_nodes(tgt_basis, tgt_site, seen["target"], t.detach())
+    error_key = f"{src_site}[error]"
+    error_row = node_row(error_key, "error", src_site, label=f"{src_site} error",
+                         activation=float(error.norm()))  # fmt: skip
+    result = AttributionResult(
+        scores=scores.detach(),
+        axes=("source", "target"),
+        coords={"source": (*src_keys, error_key), "target": tuple(tgt_keys)},
+        method="direct_effects",
+        metric=f"{tgt_site} features",
+        total=(scores.sum(0) + rest).detach(),
+        expected=t.detach(),
+        node_table=(*src_rows, error_row, *tgt_rows),
+        extras={"rest": rest, "target_activation": t.detach(),
+                "source_activation": _per_feature(coeffs, src_basis.dim, k_s)},
+    )  # fmt: skip
+    gap = result.completeness_gap
+    if gap is not None and gap > LINEARITY_TOLERANCE:
+        log.warning(
+            "the linearised model is not affine in the source (completeness gap %.3g): a "
+            "nonlinearity between %s and %s was not frozen; name it in freeze=[...]",
+            gap, src_site, tgt_site,
+        )  # fmt: skip
+    return result
+
+
+@contextmanager
+def _python_norms(model: nn.Module) -> Iterator[None]:
+    """Run a TransformerBridge's norms on their python path for the duration of the block.
+
+    On the native-autograd path (the bridge's RMSNorm) an edit of hook_scale made by a plain
+    torch hook is recomputed under no_grad, which would cut every gradient through the norm;
+    the python path keeps the edited scale in the graph. Restored in `finally`.
+    """
+    switched = [
+        module
+        for module in model.modules()
+        if getattr(module, "use_native_layernorm_autograd", None) is True
+    ]
+    try:
+        for module in switched:
+            setattr(module, "use_native_layernorm_autograd", False)  # noqa: B010
+        yield
+    finally:
+        for module in switched:
+            setattr(module, "use_native_layernorm_autograd", True)  # noqa: B010
+
+
+def frozen_sites(model: nn.Module) -> list[str]:
+    """The sites a TransformerLens model's linearisation freezes (those it has)."""
+    table = hook_table(model)
+    cfg: Any = model.cfg
+    n_layers = int(cfg.n_layers)
+    wanted = [f"blocks.{ly}.attn.hook_{p}" for ly in range(n_layers) for p in "qk"]
+    wanted += [f"blocks.{ly}.mlp.hook_post" for ly in range(n_layers)]
+    wanted += [f"blocks.{ly}.{ln}.hook_scale" for ly in range(n_layers) for ln in ("ln1", "ln2")]
+    wanted.append("ln_final.hook_scale")
+    return [name for name in wanted if name in table]
+
+
+def _frozen(model: nn.Module, freeze: Sequence[str] | None) -> list[str]:
+    if freeze is not None:
+        if isinstance(freeze, str) or not all(isinstance(n, str) for n in freeze):
+            raise ConfigError(f"freeze must be a list of site names, got {freeze!r}")
+        return list(freeze)
+    if not is_transformer_lens(model):
+        raise ConfigError(
+            "which sites make this model nonlinear is not known; pass freeze=[...] naming the "
+            "sites to hold at their clean values (an empty list for a model that is linear)"
+        )
+    return frozen_sites(model)
+
+
+def _record(name: str, stored: dict[str, list[Tensor]]) -> Callable[[Tensor, Site], Tensor]:
+    def fn(act: Tensor, site: Site) -> Tensor:
+        stored.setdefault(name, []).append(act.detach())
+        return act.detach()
+
+    return fn
+
+
+def _replay(name: str, stored: dict[str, list[Tensor]]) -> Callable[[Tensor, Site], Tensor]:
+    calls = iter(stored.get(name, []))
+
+    def fn(act: Tensor, site: Site) -> Tensor:
+        value = next(calls, None)
+        if value is None:
+            raise InputError(f"site {name!r} ran more often than in the clean run")
+        return value
+
+    return fn
+
+
+def _run(model: nn.Module, inputs: Any, outer: dict[str, Any], inner: dict[str, Any]) -> None:
+    """One forward pass with `outer` hooks registered first (they run first on a shared site)."""
+    with attach(model, outer) as fired_outer, attach(model, inner) as fired:
+        run_model(model, inputs)
+    require_fired(outer, fired_outer)
+    require_fired(inner, fired)
+    repeated = [name for name in inner if fired[name] > 1]
+    if repeated:
+        raise ConfigError(
+            f"site(s) {repeated} run more than once per pass; pick sites that run once"
+        )
+
+
+def _rest(
+    model: nn.Module, inputs: Any, frozen: list[str], stored: dict[str, list[Tensor]],
+    src_site: str, tgt_site: str, basis: FeatureBasis, target_pos: Index | None,
+) -> Tensor:  # fmt: skip
+    """Target activations of the linearised model with the source set to zero (a real run)."""
+    seen: dict[str, Any] = {}
+
+    def read(act: Tensor, site: Site) -> None:
+        seen["t"] = _activation(basis, act, site, target_pos)
+
+    with torch.no_grad():
+        _run(model, inputs, {n: _replay(n, stored) for n in frozen},
+             {src_site: lambda a, s: torch.zeros_like(a), tgt_site: read})  # fmt: skip
+    return seen["t"]  # type: ignore[no-any-return]
+
+
+def _activation(basis: FeatureBasis, act: Tensor, site: Site, target_pos: Index | None) -> Tensor:
+    """[k]: each feature's coefficient summed over every other axis (chosen positions only)."""
+    if target_pos is not None:
+        site.axis("pos")  # InputError if the target has no position axis
+        act = select(act, site, target_pos, None)
+    return _per_feature(basis.encode(act), basis.dim, basis.n_features)
+
+
+def _per_feature(t: Tensor, dim: int, k: int) -> Tensor:
+    return t.movedim(dim, -1).reshape(-1, k).sum(0)
+
+
+def _basis(basis: Any, role: str) -> tuple[FeatureBasis, str]:
+    if not isinstance(basis, FeatureBasis):
+        raise ConfigError(
+            f"{role} must be a feature basis (UnitBasis, DirectionBasis, ...), got "
+            f"{type(basis).__name__}; build one with UnitBasis.for_site(...) or from a probe"
+        )
+    if not isinstance(basis.site, str) or not basis.site:
+        raise ConfigError(f"the {role} basis has no site; give it one (UnitBasis(..., site=...))")
+    return basis, basis.site
+
+
+def _feature_nodes(
+    basis: FeatureBasis, site: str, act: Tensor, activation: Tensor
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Node rows and keys of a basis's features; units keep their index and kind."""
+    kind, units = "feature", list(range(basis.n_features))
+    if isinstance(basis, UnitBasis):
+        axis = _axis_name(site, act, basis.dim)
+        kind = {"head": "head", "channel": "channel", "d_mlp": "neuron"}.get(axis, "feature")
+        units = list(basis.units) if basis.units is not None else units
+    rows, keys = [], []
+    for i, unit in enumerate(units):
+        key = f"{site}[{unit}]"
+        rows.append(node_row(key, kind, site, layer=layer_of(site), unit=unit,
+                             label=basis.labels[i], activation=float(activation[i])))  # fmt: skip
+        keys.append(key)
+    return rows, keys
+
+
+def _axis_name(site: str, act: Tensor, dim: int) -> str:
+    axes = hook_axes(site, act.ndim) or ()
+    return axes[dim] if axes and -len(axes) <= dim < len(axes) else ""
