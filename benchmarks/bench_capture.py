@@ -17,7 +17,7 @@ import torch
 
 import circuits as cc
 from benchmarks.resnet import resnet18
-from benchmarks.timing import best_time, row
+from benchmarks.timing import interleaved, row
 
 
 def transformer_rows() -> list[dict[str, object]]:
@@ -27,10 +27,15 @@ def transformer_rows() -> list[dict[str, object]]:
     tokens = torch.randint(0, 50257, (8, 128), generator=torch.Generator().manual_seed(0))
     site = "blocks.6.hook_resid_post"
     with torch.no_grad():
-        bare = best_time(lambda: model(tokens), repeat=3)
-        rwc = best_time(lambda: model.run_with_cache(tokens), repeat=3)
-    one = best_time(lambda: cc.capture(model, tokens, sites=[site]), repeat=3)
-    every = best_time(lambda: cc.capture(model, tokens), repeat=3)
+        bare, rwc, one, every = interleaved(
+            [
+                lambda: model(tokens),
+                lambda: model.run_with_cache(tokens),
+                lambda: cc.capture(model, tokens, sites=[site]),
+                lambda: cc.capture(model, tokens),
+            ],
+            repeat=3,
+        )
     kind = type(model).__name__
     return [
         row(
@@ -53,9 +58,14 @@ def conv_rows() -> list[dict[str, object]]:
     model = resnet18()
     images = torch.randn(8, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        bare = best_time(lambda: model(images), repeat=3)
-    one = best_time(lambda: cc.capture(model, images, sites=["5.1.relu2"]), repeat=3)
-    every = best_time(lambda: cc.capture(model, images), repeat=3)
+        bare, one, every = interleaved(
+            [
+                lambda: model(images),
+                lambda: cc.capture(model, images, sites=["5.1.relu2"]),
+                lambda: cc.capture(model, images),
+            ],
+            repeat=5,
+        )
     n_sites = len(cc.capture(model, images[:1]))
     return [
         row(
@@ -110,7 +120,7 @@ def _measure(mode: str, batch: int) -> None:
     images = torch.randn(2048, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     sites = ["2", "4.0.relu1"]
     with torch.no_grad():
-        model(images[:batch])  # warm up allocator and kernels before the baseline
+        model(images[:8])  # warm up kernels on a few images, below either mode's peak
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if mode == "memory":
         cc.capture(model, images, sites=sites)

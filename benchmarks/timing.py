@@ -18,6 +18,23 @@ def best_time(fn: Callable[[], object], *, repeat: int = 5, warmup: int = 1) -> 
     return min(times)
 
 
+def interleaved(fns: list[Callable[[], object]], *, repeat: int = 5) -> list[float]:
+    """Best wall-clock seconds of each function, timed in turn round by round after a warm-up.
+
+    Interleaving puts every variant under the same background load, which matters more than
+    the number of repeats on a shared machine.
+    """
+    for fn in fns:
+        fn()
+    best = [float("inf")] * len(fns)
+    for _ in range(repeat):
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best
+
+
 def row(benchmark: str, ours: float, reference: float, note: str = "") -> dict[str, object]:
     """A result row; ratio = reference / ours, so above 1 means we are faster."""
     return {
