@@ -26,6 +26,7 @@ from circuits.adapters.transformer_lens import is_transformer_lens
 from circuits.capture import Index
 from circuits.errors import ConfigError
 from circuits.features import FeatureBasis
+from circuits.inputs import check_pair
 
 from .common import (
     Direction,
@@ -37,7 +38,6 @@ from .common import (
     check_max_batch,
     check_metric,
     check_model,
-    check_pair,
 )
 from .conv import conv_edges
 from .direct import direct_effects

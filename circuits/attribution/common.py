@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from circuits.adapters.transformer_lens import is_transformer_lens
 from circuits.cache import ActivationCache
 from circuits.capture import capture, run_model, scalar_metric
-from circuits.errors import ConfigError, InputError, ModelError, ShapeMismatchError
+from circuits.errors import ConfigError, ModelError, ShapeMismatchError
 from circuits.hooks import attach, require_fired
 from circuits.site import Site
 
@@ -110,30 +110,6 @@ def check_max_batch(max_batch: Any) -> int:
 
 def metric_name(metric: Callable[..., Any]) -> str:
     return str(getattr(metric, "name", getattr(metric, "__name__", "metric")))
-
-
-def batch_size(inputs: Any) -> int:
-    """Rows of the first tensor in `inputs` (a tensor, or a tuple / dict holding tensors)."""
-    for t in _tensors(inputs):
-        if t.ndim == 0:
-            break
-        return int(t.shape[0])
-    raise InputError(
-        "inputs need a batch axis: a tensor (or a tuple / dict of tensors) with examples along "
-        "dim 0"
-    )
-
-
-def check_pair(clean: Any, corrupt: Any) -> None:
-    """Clean and corrupted inputs must have the same structure and tensor shapes."""
-    a, b = list(_tensors(clean)), list(_tensors(corrupt))
-    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b, strict=False)):
-        shapes = ([tuple(x.shape) for x in a], [tuple(y.shape) for y in b])
-        raise ShapeMismatchError(
-            f"clean and corrupt inputs must match in shape (same batch and sequence length or "
-            f"image size), got {shapes[0]} and {shapes[1]}"
-        )
-    batch_size(clean)
 
 
 def repeat_rows(inputs: Any, k: int) -> Any:
@@ -312,14 +288,3 @@ def _replacer(value: Tensor, name: str) -> Callable[[Tensor, Site], Tensor]:
         return value
 
     return put
-
-
-def _tensors(inputs: Any) -> Iterator[Tensor]:
-    if isinstance(inputs, Tensor):
-        yield inputs
-    elif isinstance(inputs, tuple | list):
-        for x in inputs:
-            yield from _tensors(x)
-    elif isinstance(inputs, dict):
-        for x in inputs.values():
-            yield from _tensors(x)

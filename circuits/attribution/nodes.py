@@ -35,6 +35,7 @@ from circuits.adapters.transformer_lens import is_transformer_lens
 from circuits.capture import capture, run_model, scalar_metric
 from circuits.errors import ConfigError, InputError, ShapeMismatchError
 from circuits.hooks import hooks
+from circuits.inputs import check_pair
 from circuits.site import Site
 
 from .common import (
@@ -47,7 +48,6 @@ from .common import (
     check_max_batch,
     check_metric,
     check_model,
-    check_pair,
     expand_sites,
     fold,
     metric_name,

@@ -20,12 +20,13 @@ from torch import Tensor, nn
 
 from circuits.capture import capture, scalar_metric
 from circuits.errors import ConfigError, ShapeMismatchError
+from circuits.inputs import check_pair
 from circuits.site import Site
 
 from .common import Budget, base_run, check_metric, check_sites, metric_name, start_layer
 from .engine import DEFAULT_MEMORY, SitePatch, chunks, progress_bar
 from .result import PatchingResult
-from .spec import UnitSpec, check_pair, expand_sites, layer_of, parse_unit, unit_mask
+from .spec import UnitSpec, expand_sites, layer_of, parse_unit, unit_mask
 
 Direction = Literal["denoise", "noise"]
 Ablation = Literal["zero", "mean", "resample"]

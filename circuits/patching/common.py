@@ -12,11 +12,12 @@ from torch import Tensor, nn
 from circuits.cache import ActivationCache
 from circuits.capture import capture
 from circuits.errors import ConfigError, ModelError
+from circuits.inputs import batch_size
 from circuits.metrics import metric_positions
 from circuits.site import resolve
 
 from .engine import DEFAULT_MEMORY, Runner, can_resume, row_numel, rows_per_pass
-from .spec import batch_size, layer_of
+from .spec import layer_of
 
 
 @dataclass(frozen=True)

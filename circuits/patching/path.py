@@ -33,13 +33,14 @@ from torch import Tensor, nn
 from circuits.adapters.transformer_lens import hook_table, is_transformer_lens
 from circuits.capture import capture, scalar_metric
 from circuits.errors import ConfigError
+from circuits.inputs import check_pair
 from circuits.site import Site
 
 from .activation import Direction
 from .common import BaseRun, Budget, base_run, check_metric, check_sites, metric_name, start_layer
 from .engine import DEFAULT_MEMORY, SitePatch, chunks, progress_bar
 from .result import PatchingResult
-from .spec import OUTPUT, Node, as_node, check_pair, layer_of, node_mask
+from .spec import OUTPUT, Node, as_node, layer_of, node_mask
 
 _ATTN = re.compile(r"blocks\.(\d+)\.(attn\.|ln1\.|hook_(q|k|v)_input|hook_attn_(in|out))")
 _MLP = re.compile(r"blocks\.(\d+)\.(mlp\.|ln2\.|hook_mlp_(in|out))")

@@ -19,7 +19,7 @@ import einops
 import torch
 from torch import Tensor, nn
 
-from circuits.errors import ConfigError, InputError, ModelError, ShapeMismatchError
+from circuits.errors import ConfigError, InputError, ModelError
 from circuits.site import Site
 
 LAYER = "{L}"
@@ -167,30 +167,6 @@ def layer_of(name: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
-def batch_size(inputs: Any) -> int:
-    """The batch size of a model input: the first axis of its first tensor."""
-    for leaf in _leaves(inputs):
-        if leaf.ndim == 0:
-            break
-        return int(leaf.shape[0])
-    raise InputError(
-        "patching needs inputs with a batch axis: a tensor (or a tuple / dict of tensors) whose "
-        "first axis is the batch"
-    )
-
-
-def check_pair(clean: Any, corrupt: Any) -> None:
-    """Clean and corrupted inputs must have the same structure and tensor shapes."""
-    a, b = _leaves(clean), _leaves(corrupt)
-    shapes_a, shapes_b = [tuple(t.shape) for t in a], [tuple(t.shape) for t in b]
-    if type(clean) is not type(corrupt) or shapes_a != shapes_b:
-        raise ShapeMismatchError(
-            f"clean and corrupted inputs must have the same shapes, got {shapes_a} and "
-            f"{shapes_b}; each variant patches position by position and example by example, so "
-            "pad or trim both to one length and batch size"
-        )
-
-
 def repeat_input(inputs: Any, k: int) -> Any:
     """`inputs` repeated k times along the batch axis: variant i is rows i*B .. (i+1)*B - 1."""
     if k == 1:
@@ -246,16 +222,6 @@ def _indices(choice: Any, size: int, axis: str, site: str) -> list[int]:
     if not out:
         raise InputError(f"no index chosen on axis {axis!r} of site {site!r}")
     return out
-
-
-def _leaves(inputs: Any) -> list[Tensor]:
-    if isinstance(inputs, Tensor):
-        return [inputs]
-    if isinstance(inputs, tuple | list):
-        return [x for x in inputs if isinstance(x, Tensor)]
-    if isinstance(inputs, dict):
-        return [x for x in inputs.values() if isinstance(x, Tensor)]
-    return []
 
 
 def _cfg(model: nn.Module, key: str) -> int:

@@ -1,0 +1,51 @@
+"""Model inputs as the analyses see them: a tensor, or a tuple / list / dict holding tensors.
+
+Patching and attribution both compare a clean and a corrupted input and stack copies of inputs
+along the batch, so the checks live here, below both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from torch import Tensor
+
+from circuits.errors import InputError, ShapeMismatchError
+
+
+def tensors(inputs: Any) -> Iterator[Tensor]:
+    """Every tensor in `inputs`, depth first (a tensor, or nested tuples / lists / dicts)."""
+    if isinstance(inputs, Tensor):
+        yield inputs
+    elif isinstance(inputs, tuple | list):
+        for x in inputs:
+            yield from tensors(x)
+    elif isinstance(inputs, dict):
+        for x in inputs.values():
+            yield from tensors(x)
+
+
+def batch_size(inputs: Any) -> int:
+    """The batch size of a model input: the first axis of its first tensor."""
+    for t in tensors(inputs):
+        if t.ndim > 0:
+            return int(t.shape[0])
+        break
+    raise InputError(
+        "inputs need a batch axis: a tensor (or a tuple / dict of tensors) whose first axis is "
+        "the batch"
+    )
+
+
+def check_pair(clean: Any, corrupt: Any) -> None:
+    """Clean and corrupted inputs must have the same structure and tensor shapes, with a batch."""
+    a = [tuple(t.shape) for t in tensors(clean)]
+    b = [tuple(t.shape) for t in tensors(corrupt)]
+    if type(clean) is not type(corrupt) or a != b:
+        raise ShapeMismatchError(
+            f"clean and corrupted inputs must have the same shapes, got {a} and {b}; they are "
+            "compared position by position and example by example, so pad or trim both to one "
+            "length and batch size"
+        )
+    batch_size(clean)
