@@ -9,7 +9,6 @@ forward pass serves several alphas at once, and hands back gradients already wei
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -18,14 +17,13 @@ import einops
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from circuits.adapters.transformer_lens import is_transformer_lens
 from circuits.cache import ActivationCache
 from circuits.capture import capture, run_model, scalar_metric
 from circuits.errors import ConfigError, ModelError, ShapeMismatchError
 from circuits.hooks import attach, require_fired
 from circuits.site import Site
+from circuits.sweeps import chunks, progress_bar
 
 Rule = Literal[
     "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"
@@ -34,7 +32,6 @@ Direction = Literal["noise", "denoise"]
 Metric = Callable[[Any], Tensor]
 UnitSpec = str | Sequence[str] | None
 
-LAYER = "{L}"
 DEFAULT_MAX_BATCH = 256
 
 
@@ -108,10 +105,6 @@ def check_max_batch(max_batch: Any) -> int:
     return max_batch
 
 
-def metric_name(metric: Callable[..., Any]) -> str:
-    return str(getattr(metric, "name", getattr(metric, "__name__", "metric")))
-
-
 def repeat_rows(inputs: Any, k: int) -> Any:
     """Every tensor in `inputs` repeated k times along dim 0 (variant-major: rows i*B..)."""
     if isinstance(inputs, Tensor):
@@ -147,17 +140,6 @@ def weighted_metric(metric: Metric, weights: Sequence[float], batch: int) -> Met
     return fn
 
 
-def chunks(n: int, size: int) -> Iterator[range]:
-    for start in range(0, n, size):
-        yield range(start, min(n, start + size))
-
-
-def progress_bar(total: int, desc: str, show: bool | None) -> tqdm:
-    """A tqdm bar; show=None shows it only on a terminal."""
-    disable = (not sys.stderr.isatty()) if show is None else not show
-    return tqdm(total=total, desc=desc, disable=disable)
-
-
 def interpolate(base: Tensor, source: Tensor, alphas: Sequence[float]) -> Tensor:
     """[k * B, ...]: base + alpha * (source - base) for each alpha, variant-major."""
     a = torch.tensor(list(alphas), dtype=base.dtype, device=base.device)
@@ -168,29 +150,6 @@ def interpolate(base: Tensor, source: Tensor, alphas: Sequence[float]) -> Tensor
 def fold(t: Tensor, k: int) -> Tensor:
     """Sum the k variants of a stacked [k * B, ...] tensor: [B, ...]."""
     return einops.reduce(t, "(k b) ... -> b ...", "sum", k=k)
-
-
-def expand_sites(model: nn.Module, site: str | Sequence[str]) -> tuple[list[str], str | None]:
-    """Site names and the name of the leading axis they form ("layer" for a `{L}` pattern,
-    "site" for a list, None for one name)."""
-    if isinstance(site, str):
-        if LAYER not in site:
-            return [site], None
-        if not is_transformer_lens(model):
-            raise ConfigError(
-                f"the pattern {site!r} needs a TransformerLens model (cfg.n_layers); list the "
-                "sites instead"
-            )
-        cfg: Any = model.cfg
-        return [site.replace(LAYER, str(ly)) for ly in range(int(cfg.n_layers))], "layer"
-    names = list(site)
-    if not names or not all(isinstance(n, str) for n in names):
-        raise ConfigError(
-            f"site must be a site name, a `{{L}}` pattern or a list of names, got {site!r}"
-        )
-    if len(set(names)) != len(names):
-        raise ConfigError(f"site lists a name twice: {names}")
-    return names, "site"
 
 
 def unit_axes(unit: UnitSpec, site: Site) -> tuple[str, ...]:

@@ -30,8 +30,9 @@ from torch import Tensor, nn
 from circuits.adapters.torch_module import module_table
 from circuits.capture import capture
 from circuits.errors import InputError, ModelError, SiteNotFoundError, closest
+from circuits.sweeps import metric_name
 
-from .common import Direction, IGPath, Metric, metric_name, path_runs
+from .common import Direction, IGPath, Metric, path_runs
 from .result import AttributionResult, node_row
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)

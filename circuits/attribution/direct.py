@@ -36,8 +36,9 @@ from circuits.errors import ConfigError, InputError
 from circuits.features import FeatureBasis, UnitBasis
 from circuits.hooks import attach, require_fired
 from circuits.site import Site
+from circuits.sweeps import progress_bar
 
-from .common import check_model, progress_bar
+from .common import check_model
 from .result import AttributionResult, layer_of, node_row
 
 log = logging.getLogger(__name__)

@@ -32,8 +32,9 @@ from torch import Tensor, nn
 from circuits.cache import ActivationCache
 from circuits.capture import capture
 from circuits.errors import ModelError
+from circuits.sweeps import metric_name
 
-from .common import Direction, IGPath, Metric, metric_name, path_runs
+from .common import Direction, IGPath, Metric, path_runs
 from .result import AttributionResult, node_row
 
 LOGITS = "logits"

@@ -37,6 +37,7 @@ from circuits.errors import ConfigError, InputError, ShapeMismatchError
 from circuits.hooks import hooks
 from circuits.inputs import check_pair
 from circuits.site import Site
+from circuits.sweeps import expand_sites, metric_name
 
 from .common import (
     Direction,
@@ -48,9 +49,7 @@ from .common import (
     check_max_batch,
     check_metric,
     check_model,
-    expand_sites,
     fold,
-    metric_name,
     path_runs,
     reduce_to,
     stack_padded,
@@ -94,7 +93,7 @@ def attribution_patching(
         acts, diffs, grads = {INPUT: x_base}, {INPUT: x_source - x_base}, {INPUT: grad}
         names, lead = [INPUT], None
     else:
-        names, lead = expand_sites(model, site)
+        names, lead, _ = expand_sites(model, site)
         src = capture(model, source, sites=names, metric=metric)
         run = capture(model, base, sites=names, grads=True, metric=metric)
         for name in names:

@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from circuits import sweeps
 from circuits.errors import ConfigError, InputError
 
 NODE_COLUMNS = ("key", "kind", "site", "layer", "pos", "unit", "activation", "label")
@@ -258,11 +259,9 @@ def node_kind(site: str, unit_axis: str | None) -> str:
 
 
 def layer_of(site: str) -> int:
-    """The block index in a TransformerLens site name (blocks.3.attn.hook_z -> 3), else -1."""
-    parts = site.split(".")
-    if len(parts) > 1 and parts[0] == "blocks" and parts[1].isdigit():
-        return int(parts[1])
-    return -1
+    """The block index of a TransformerLens site name, or -1 (the graph schema's "none")."""
+    found = sweeps.layer_of(site)
+    return -1 if found is None else found
 
 
 def node_row(

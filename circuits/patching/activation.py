@@ -22,11 +22,12 @@ from circuits.capture import capture, scalar_metric
 from circuits.errors import ConfigError, ShapeMismatchError
 from circuits.inputs import check_pair
 from circuits.site import Site
+from circuits.sweeps import chunks, expand_sites, layer_of, metric_name, progress_bar
 
-from .common import Budget, base_run, check_metric, check_sites, metric_name, start_layer
-from .engine import DEFAULT_MEMORY, SitePatch, chunks, progress_bar
+from .common import Budget, base_run, check_metric, check_sites, start_layer
+from .engine import DEFAULT_MEMORY, SitePatch
 from .result import PatchingResult
-from .spec import UnitSpec, expand_sites, layer_of, parse_unit, unit_mask
+from .spec import UnitSpec, parse_unit, unit_mask
 
 Direction = Literal["denoise", "noise"]
 Ablation = Literal["zero", "mean", "resample"]
@@ -111,7 +112,7 @@ def patch(
     values = torch.full(([len(names)] if lead else []) + sizes, math.nan)
     k = max(1, run.rows // run.batch)
     total = sum(math.prod(len(c) for c in coords) for _, coords in units)
-    with progress_bar(total, "patching", budget.progress) as bar:
+    with progress_bar(total, "patching", budget.progress, unit="patch") as bar:
         for s, (name, info, (_, coords)) in enumerate(zip(names, sites, units, strict=True)):
             if src is not None:
                 source = _source(src[name], info, ablation, run.batch, reference is None, seed)

@@ -15,9 +15,9 @@ from circuits.errors import ConfigError, ModelError
 from circuits.inputs import batch_size
 from circuits.metrics import metric_positions
 from circuits.site import resolve
+from circuits.sweeps import layer_of
 
 from .engine import DEFAULT_MEMORY, Runner, can_resume, row_numel, rows_per_pass
-from .spec import layer_of
 
 
 @dataclass(frozen=True)
@@ -54,10 +54,6 @@ def check_metric(metric: Any) -> tuple[int, ...] | None:
             f"{type(metric).__name__}"
         )
     return metric_positions(metric)
-
-
-def metric_name(metric: Callable[..., Any]) -> str:
-    return str(getattr(metric, "name", getattr(metric, "__name__", "metric")))
 
 
 def check_sites(model: nn.Module, names: Sequence[str]) -> None:

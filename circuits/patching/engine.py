@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from circuits.capture import run_model
 from circuits.hooks import attach, require_fired
@@ -218,17 +217,6 @@ def rows_per_pass(
     else:
         per_row = 4 * (output_row + site_row)
     return max(batch, memory // max(item * per_row, 1))
-
-
-def chunks(n: int, k: int) -> Iterator[range]:
-    """Consecutive ranges of at most k of the n variants."""
-    for lo in range(0, n, k):
-        yield range(lo, min(n, lo + k))
-
-
-def progress_bar(total: int, desc: str, show: bool | None) -> tqdm:
-    """A tqdm bar over `total` variants; show=None shows it only on a terminal."""
-    return tqdm(total=total, desc=desc, unit="patch", disable=None if show is None else not show)
 
 
 def row_numel(t: Any, batch: int) -> int:

@@ -35,12 +35,13 @@ from circuits.capture import capture, scalar_metric
 from circuits.errors import ConfigError
 from circuits.inputs import check_pair
 from circuits.site import Site
+from circuits.sweeps import chunks, layer_of, metric_name, progress_bar
 
 from .activation import Direction
-from .common import BaseRun, Budget, base_run, check_metric, check_sites, metric_name, start_layer
-from .engine import DEFAULT_MEMORY, SitePatch, chunks, progress_bar
+from .common import BaseRun, Budget, base_run, check_metric, check_sites, start_layer
+from .engine import DEFAULT_MEMORY, SitePatch
 from .result import PatchingResult
-from .spec import OUTPUT, Node, as_node, layer_of, node_mask
+from .spec import OUTPUT, Node, as_node, node_mask
 
 _ATTN = re.compile(r"blocks\.(\d+)\.(attn\.|ln1\.|hook_(q|k|v)_input|hook_attn_(in|out))")
 _MLP = re.compile(r"blocks\.(\d+)\.(mlp\.|ln2\.|hook_mlp_(in|out))")
@@ -97,7 +98,7 @@ def path_patch(
     k = max(1, run.rows // run.batch)
     values = torch.full((len(send), len(recv)), torch.nan)
     n_pairs = len(send) * (len(recv) + 1) - len(send) * int(to_output)
-    with progress_bar(n_pairs, "path patching", budget.progress) as bar:
+    with progress_bar(n_pairs, "path patching", budget.progress, unit="patch") as bar:
         recorded = _sender_pass(run, send, recv, frozen, src, metric, values, k, bar)
         _receiver_pass(run, send, recv, recorded, metric, values, k, bar)
 

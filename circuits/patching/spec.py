@@ -10,7 +10,6 @@ and receiver of path patching.
 from __future__ import annotations
 
 import itertools
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -21,8 +20,8 @@ from torch import Tensor, nn
 
 from circuits.errors import ConfigError, InputError, ModelError
 from circuits.site import Site
+from circuits.sweeps import model_config
 
-LAYER = "{L}"
 OUTPUT = "logits"
 """The receiver that stands for the model's output: the path ends in the unembedding."""
 
@@ -64,7 +63,7 @@ def heads(
     kind: Literal["z", "q", "k", "v", "pattern"] = "z",
 ) -> list[Node]:
     """One Node per attention head of a TransformerLens model (`hook_z`, or its q/k/v/pattern)."""
-    n_layers, n_heads = _cfg(model, "n_layers"), _cfg(model, "n_heads")
+    n_layers, n_heads = model_config(model, "n_layers"), model_config(model, "n_heads")
     chosen = range(n_layers) if layers is None else [layers] if isinstance(layers, int) else layers
     for layer in chosen:
         if not 0 <= layer < n_layers:
@@ -87,26 +86,6 @@ def as_node(spec: Any, *, receiver: bool = False) -> Node:
         f"a {role} is a Node (cc.node(site, head=3)), a site name or (site, {{axis: index}}), "
         f"got {spec!r}"
     )
-
-
-def expand_sites(model: nn.Module, site: str | Sequence[str]) -> tuple[list[str], str | None, list]:
-    """The site names, the name of the leading result axis (None for one site) and its labels.
-
-    A name with `{L}` stands for one site per layer (axis "layer"); a list gives axis "site".
-    """
-    if isinstance(site, str):
-        if LAYER not in site:
-            return [site], None, []
-        layers = list(range(_cfg(model, "n_layers")))
-        return [site.replace(LAYER, str(layer)) for layer in layers], "layer", layers
-    names = list(site)
-    if not names or not all(isinstance(n, str) for n in names):
-        raise ConfigError(f"site must be a name, a {{L}} pattern or a list of names, got {site!r}")
-    if len(set(names)) != len(names):
-        raise ConfigError(f"site lists a name twice: {names}")
-    if any(LAYER in n for n in names):
-        raise ConfigError("a {L} pattern stands for a list by itself; do not put it in a list")
-    return names, "site", names
 
 
 def parse_unit(unit: UnitSpec, site: Site) -> tuple[tuple[str, ...], list[list[int]]]:
@@ -159,12 +138,6 @@ def node_mask(site: Site, index: Sequence[tuple[str, int]], k: int = 1) -> Tenso
 def variants(coords: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
     """Every combination of unit indices, the last axis fastest (the result's row-major order)."""
     return list(itertools.product(*coords))
-
-
-def layer_of(name: str) -> int | None:
-    """The block a TransformerLens site lives in (`blocks.3.attn.hook_z` -> 3), else None."""
-    found = re.match(r"blocks\.(\d+)\.", name)
-    return int(found.group(1)) if found else None
 
 
 def repeat_input(inputs: Any, k: int) -> Any:
@@ -222,14 +195,3 @@ def _indices(choice: Any, size: int, axis: str, site: str) -> list[int]:
     if not out:
         raise InputError(f"no index chosen on axis {axis!r} of site {site!r}")
     return out
-
-
-def _cfg(model: nn.Module, key: str) -> int:
-    cfg = getattr(model, "cfg", None)
-    value = getattr(cfg, key, None)
-    if not isinstance(value, int):
-        raise ModelError(
-            f"this needs a TransformerLens model (cfg.{key}); for other models list the sites "
-            "by name"
-        )
-    return value
