@@ -12,6 +12,7 @@ from circuits import metrics, toy, zoo
 from circuits.attribution import AttributionResult, attribute
 from circuits.cache import ActivationCache
 from circuits.capture import capture, sites
+from circuits.discover import discover
 from circuits.disk import DiskCache, capture_to_disk, load_cache
 from circuits.errors import (
     CircuitsError,
@@ -29,6 +30,7 @@ from circuits.graph import (
     build_graph,
     build_graph_from_matrix,
     export_neuronpedia,
+    faithfulness,
     graph_frames,
     load_graph,
     plot_graph,
@@ -70,7 +72,9 @@ __all__ = [
     "build_graph_from_matrix",
     "capture",
     "capture_to_disk",
+    "discover",
     "export_neuronpedia",
+    "faithfulness",
     "fit_probe",
     "graph_frames",
     "heads",

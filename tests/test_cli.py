@@ -17,7 +17,9 @@ def test_demo_writes_the_induction_circuit(tmp_path, capsys):
     labels = {g.nodes[n]["label"]: n for n in g}
     assert g.has_edge(labels[f"a{prev[0]}.h{prev[1]}"], labels[f"a{ind[0]}.h{ind[1]}"])
     assert "plotly" in (tmp_path / "induction-circuit.html").read_text()[:100_000].lower()
-    assert "induction head" in capsys.readouterr().out
+    assert float(g.graph["faithfulness"]) >= 0.8
+    out = capsys.readouterr().out
+    assert "induction head" in out and f"faithfulness {g.graph['faithfulness']:.2f}" in out
 
 
 def test_show_and_convert(tmp_path, capsys):

@@ -29,16 +29,15 @@ import einops
 import torch
 from torch import Tensor, nn
 
+from circuits.adapters.residual import check_residual_graph, norm_params, norm_vjp
 from circuits.cache import ActivationCache
 from circuits.capture import capture
-from circuits.errors import ModelError
 from circuits.sweeps import metric_name
 
 from .common import Direction, IGPath, Metric, path_runs
 from .result import AttributionResult, node_row
 
 LOGITS = "logits"
-_NORMS = (None, "LN", "LNPre", "RMS", "RMSPre")
 
 
 def transformer_edges(
@@ -102,7 +101,7 @@ class _Graph:
 
     def __init__(self, model: nn.Module) -> None:
         cfg: Any = model.cfg
-        _check_supported(cfg)
+        check_residual_graph(cfg, "edge attribution")
         self.model: Any = model
         self.n_layers, self.n_heads = int(cfg.n_layers), int(cfg.n_heads)
         self.mlp = not bool(cfg.attn_only)
@@ -127,13 +126,6 @@ class _Graph:
     # -- weights ---------------------------------------------------------------------------
     def _attn(self, layer: int, name: str) -> Tensor:
         return getattr(self.model.blocks[layer].attn, name).detach()  # type: ignore[no-any-return]
-
-    def _ln_weight(self, module: nn.Module) -> Tensor | None:
-        if self.norm in (None, "LNPre", "RMSPre"):
-            return None
-        w = getattr(module, "w", None)
-        w = getattr(module, "weight", None) if w is None else w
-        return None if w is None else w.detach()
 
     # -- nodes -----------------------------------------------------------------------------
     def head(self, layer: int, head: int) -> int:
@@ -244,23 +236,8 @@ class _Graph:
         if self.norm is None:
             return cot
         assert x is not None
-        return norm_vjp(x, cot, self._ln_weight(module), centre=self.norm.startswith("LN"),
-                        eps=self.eps)  # fmt: skip
-
-
-def norm_vjp(x: Tensor, cot: Tensor, weight: Tensor | None, *, centre: bool, eps: float) -> Tensor:
-    """The exact vector-Jacobian product of LayerNorm (centre=True) or RMSNorm at x.
-
-    y = w * u / sqrt(mean(u^2) + eps) + b with u = x - mean(x) (LayerNorm) or u = x (RMSNorm).
-    cot: cotangents on y with any leading axes before x's shape.
-    """
-    if weight is not None:
-        cot = cot * weight
-    u = x - x.mean(-1, keepdim=True) if centre else x
-    scale = (u.pow(2).mean(-1, keepdim=True) + eps).sqrt()
-    unit = u / scale
-    grad = (cot - unit * (cot * unit).mean(-1, keepdim=True)) / scale
-    return grad - grad.mean(-1, keepdim=True) if centre else grad
+        weight = norm_params(module, self.norm)[0]
+        return norm_vjp(x, cot, weight, centre=self.norm.startswith("LN"), eps=self.eps)
 
 
 def _fold(t: Tensor, k: int) -> Tensor:
@@ -271,23 +248,3 @@ def _fold(t: Tensor, k: int) -> Tensor:
 def _dot(diffs: Tensor, grads: Tensor) -> Tensor:
     """[senders, receivers]: sum over batch, positions and d_model of diffs[s] * grads[r]."""
     return diffs.flatten(1) @ grads.flatten(1).T
-
-
-def _check_supported(cfg: Any) -> None:
-    problems = []
-    if getattr(cfg, "parallel_attn_mlp", False):
-        problems.append("parallel attention and MLP (both read one residual stream)")
-    if getattr(cfg, "gated_mlp", False):
-        problems.append("gated MLPs")
-    if getattr(cfg, "n_key_value_heads", None) not in (None, getattr(cfg, "n_heads", None)):
-        problems.append("grouped-query attention")
-    if getattr(cfg, "positional_embedding_type", "standard") == "shortformer":
-        problems.append("shortformer position embeddings (not in the residual stream)")
-    if getattr(cfg, "normalization_type", None) not in _NORMS:
-        problems.append(f"normalization_type {cfg.normalization_type!r}")
-    if problems:
-        raise ModelError(
-            f"edge attribution reads the residual stream as the sum of head, MLP and embedding "
-            f"outputs; this model has {', '.join(problems)}, which that graph does not describe. "
-            "Use attribution_patching on its sites instead."
-        )

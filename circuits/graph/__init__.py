@@ -7,10 +7,12 @@ package as plain tables (`build_graph`, the `GraphSource` protocol); it never im
     g = build_graph(edges_df, nodes=nodes_df, meta={"model": "gpt2-small"}, influence=0.8)
     g = prune(g, top_k=200)
     save_graph(g, "circuit.graphml"); g2 = load_graph("circuit.graphml")
+    faithfulness(model, g, clean, corrupt, metric)   # stored in g.graph
     plot_graph(g)
 """
 
 from circuits.graph.build import GraphSource, build_graph, build_graph_from_matrix
+from circuits.graph.faithfulness import faithfulness
 from circuits.graph.io import FORMATS, graph_frames, load_graph, save_graph
 from circuits.graph.neuronpedia import export_neuronpedia
 from circuits.graph.plot import plot_graph, save_html, save_image
@@ -25,6 +27,7 @@ __all__ = [
     "build_graph",
     "build_graph_from_matrix",
     "export_neuronpedia",
+    "faithfulness",
     "graph_frames",
     "load_graph",
     "new_graph",

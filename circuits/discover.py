@@ -1,0 +1,84 @@
+"""`discover`: attribution, graph, pruning and faithfulness in one call.
+
+    g = cc.discover(model, clean, corrupt, metric)                # EAP-IG, smallest top-k >= 0.8
+    g = cc.discover(model, clean, corrupt, metric, method="eap", top_k=50)
+    g.graph["faithfulness"], g.number_of_edges()
+
+By default the circuit is the smallest set of top-|weight| edges whose faithfulness reaches
+`target` (0.8): edges are scored once, then the number kept is searched by doubling and bisection,
+one forward pass per step. Faithfulness need not grow with every edge added, so the circuit found
+is small rather than provably the smallest. With explicit pruning options (`threshold`, `top_k`,
+`influence`) those are applied instead and the faithfulness of the result is measured. Either way
+g.graph records the method, metric, pruning settings, ablation and faithfulness.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import networkx as nx
+from torch import nn
+
+from circuits.attribution import attribute
+from circuits.attribution.api import EdgeMethod
+from circuits.errors import ConfigError
+from circuits.graph import build_graph, prune
+from circuits.graph.faithfulness import Ablation, Faithfulness
+from circuits.graph.prune import merge_thresholds
+
+TARGET = 0.8
+
+
+def discover(
+    model: nn.Module,
+    clean: Any,
+    corrupt: Any,
+    metric: Any,
+    *,
+    method: EdgeMethod = "eap-ig",
+    target: float | None = None,
+    threshold: float | None = None,
+    top_k: int | None = None,
+    influence: float | None = None,
+    ablation: Ablation = "patch",
+    meta: dict[str, Any] | None = None,
+    **options: Any,
+) -> nx.DiGraph:
+    """The circuit of `model` for `metric` on clean against corrupted inputs, as a schema graph.
+
+    method: "eap" or "eap-ig"; `options` go to `cc.attribute` (steps, rule, direction, layers,
+    max_batch, progress). target: the faithfulness the circuit must reach (default 0.8 when no
+    pruning option is given). threshold, top_k, influence: prune with `cc.prune` instead.
+    ablation: how edges outside the circuit are removed ("patch", "mean", "zero"; see
+    `cc.faithfulness`). meta: provenance for g.graph (model description, seed, ...).
+    """
+    pruning = {"threshold": threshold, "top_k": top_k, "influence": influence}
+    if target is not None and any(v is not None for v in pruning.values()):
+        raise ConfigError("give either target= or pruning options (threshold, top_k, influence)")
+    if target is not None and not 0 < target <= 1:
+        raise ConfigError(f"target must be a faithfulness in (0, 1], got {target!r}")
+    result = attribute(model, clean, corrupt, metric, method=method, **options)
+    full = build_graph(result, meta=meta)
+    check = Faithfulness(model, full, clean, corrupt, metric, ablation)
+    if any(v is not None for v in pruning.values()):
+        g = prune(full, threshold=threshold, top_k=top_k, influence=influence)
+    else:
+        goal = TARGET if target is None else target
+        g = _smallest(full, check, goal)
+        g.graph["thresholds"] = merge_thresholds(g.graph["thresholds"], {"target": goal})
+    g.graph["faithfulness"] = check.score(g)
+    g.graph["ablation"] = ablation
+    return g
+
+
+def _smallest(full: nx.DiGraph, check: Faithfulness, goal: float) -> nx.DiGraph:
+    """prune(full, top_k=k) for a small k whose faithfulness reaches `goal` (doubling, bisection);
+    the whole graph when no k reaches it."""
+    n = full.number_of_edges()
+    lo, hi = 0, 1
+    while hi < n and check.score(prune(full, top_k=hi)) < goal:
+        lo, hi = hi, min(2 * hi, n)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if check.score(prune(full, top_k=mid)) >= goal else (mid, hi)
+    return prune(full, top_k=hi)

@@ -1,0 +1,176 @@
+"""Edge ablation on a TransformerLens model: run it with only a graph's edges carrying their value.
+
+The model is the residual-stream graph of edge attribution (`circuits.adapters.residual`):
+senders (the embeddings, each head's output z_h @ W_O[h], each MLP's output) add into the residual
+stream, receivers (each head's query, key and value, each MLP, the logits) read it. Each receiver
+reads its own copy of the residual stream in which every sender it has no graph edge from is
+replaced by its ablated value:
+
+    input(r) = resid - sum over senders s without an edge s -> r of (out_s - ablated_s)
+
+where `resid` and `out_s` come from the ablated run itself, so a sender's output already reflects
+the ablation of its own inputs. A head's query, key and value share the head's graph edges (the
+graph merges them into one edge per sender). The copies are fed back at hook_q / hook_k / hook_v
+(through the block's norm and W_Q / W_K / W_V), at mlp.hook_pre (through W_in) and at the last
+hook_resid_post, so nothing needs split-qkv hooks and both transformer-lens lines work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import einops
+import networkx as nx
+import torch
+from torch import Tensor, nn
+
+from circuits.adapters.residual import check_residual_graph, norm_forward, norm_params
+from circuits.capture import run_model
+from circuits.errors import InputError
+from circuits.hooks import HookFn, hooks
+from circuits.site import Site
+
+
+class ResidualAblation:
+    """The senders and receivers of one TransformerLens model, and a run with edges ablated."""
+
+    def __init__(self, model: nn.Module) -> None:
+        cfg: Any = model.cfg
+        check_residual_graph(cfg, "edge-level faithfulness")
+        self.model: Any = model
+        self.n_layers, self.n_heads = int(cfg.n_layers), int(cfg.n_heads)
+        self.mlp = not bool(cfg.attn_only)
+        self.norm: str | None = cfg.normalization_type
+        self.eps = float(getattr(cfg, "eps", 1e-5))
+        layers = range(self.n_layers)
+        self.embed = "blocks.0.hook_resid_pre"
+        self.last = f"blocks.{self.n_layers - 1}.hook_resid_post"
+        self.senders: list[Any] = [self.embed]
+        for ly in layers:
+            self.senders += [(f"blocks.{ly}.attn.hook_z", h) for h in range(self.n_heads)]
+            self.senders += [f"blocks.{ly}.hook_mlp_out"] if self.mlp else []
+        heads = [(f"blocks.{ly}.attn.hook_z", h) for ly in layers for h in range(self.n_heads)]
+        mlps = [f"blocks.{ly}.hook_mlp_out" for ly in layers] if self.mlp else []
+        self.receivers = [*heads, *mlps, "logits"]
+        self.sites = [self.embed, *(f"blocks.{ly}.attn.hook_z" for ly in layers), *mlps]
+
+    def keep(self, g: nx.DiGraph, edges: Iterable[tuple[str, str]]) -> Tensor:
+        """keep[s, r]: the edge sender s -> receiver r is kept (`edges` are keys of g's nodes)."""
+        send = {k: i for i, k in enumerate(self.senders)}
+        recv = {k: i for i, k in enumerate(self.receivers)}
+        place = {key: self._place(key, attrs) for key, attrs in g.nodes(data=True)}
+        keep = torch.zeros(len(self.senders), len(self.receivers), dtype=torch.bool)
+        for u, v in edges:
+            if place[u] not in send or place[v] not in recv:
+                raise InputError(
+                    f"the edge {u!r} -> {v!r} does not run from a sender (embeddings, head, MLP) "
+                    "to a receiver (head, MLP, logits) of this model's residual stream"
+                )
+            keep[send[place[u]], recv[place[v]]] = True
+        return keep
+
+    def _place(self, key: str, attrs: dict[str, Any]) -> Any:
+        kind, site, unit = attrs.get("kind"), attrs.get("site"), attrs.get("unit", -1)
+        if kind == "input" and site == self.embed:
+            return self.embed
+        if kind == "head" and site in self.sites and 0 <= unit < self.n_heads:
+            return (site, unit)
+        if kind == "mlp" and site in self.sites:
+            return site
+        if kind == "output":
+            return "logits"
+        raise InputError(
+            f"node {key!r} ({kind} at {site!r}, unit {unit}) is not a node of this model's "
+            "residual-stream graph: edge-level faithfulness on a transformer takes graphs of "
+            "embeddings, heads, MLPs and logits at all positions, as cc.attribute(method='eap' or "
+            "'eap-ig') builds them"
+        )
+
+    def run(self, inputs: Any, ablated: dict[str, Tensor], keep: Tensor) -> Any:
+        """The model's output on `inputs` with every edge outside `keep` ablated."""
+        drop = (~keep).to(next(iter(ablated.values())).dtype)
+        state: dict[str, Tensor] = {}
+        diffs: list[Tensor] = []  # [b, p, d] per sender in order, out_s - ablated_s
+        fns: dict[str, HookFn] = {}
+
+        def record(act: Tensor, site: Site) -> None:
+            state[site.name] = act
+            if site.name == self.embed:
+                diffs.append(act - ablated[site.name])
+            elif site.name.endswith("hook_z"):
+                w_o = self.model.blocks[_layer(site.name)].attn.W_O
+                dz = act - ablated[site.name]
+                diffs.extend(einops.einsum(dz, w_o, "b p h e, h e d -> h b p d").unbind(0))
+            elif site.name.endswith("hook_mlp_out"):
+                diffs.append(act - ablated[site.name])
+
+        def reader(cols: slice, resid_site: str, finish: Any) -> HookFn:
+            def fn(act: Tensor, site: Site) -> Tensor:
+                d = drop[: len(diffs), cols].to(act.device)
+                if not bool(d.any()):
+                    return act
+                delta = einops.einsum(torch.stack(diffs), d, "s b p d, s r -> r b p d")
+                return finish(state[resid_site] - delta, act, d.any(0))
+
+            return fn
+
+        for site in self.sites:
+            fns[site] = record
+        for ly in range(self.n_layers):
+            fns[f"blocks.{ly}.hook_resid_pre"] = record
+            heads = slice(ly * self.n_heads, (ly + 1) * self.n_heads)
+            for p in "qkv":
+                fns[f"blocks.{ly}.attn.hook_{p}"] = reader(
+                    heads, f"blocks.{ly}.hook_resid_pre", self._qkv(ly, p)
+                )
+            if self.mlp:
+                fns[f"blocks.{ly}.hook_resid_mid"] = record
+                col = self.n_layers * self.n_heads + ly
+                fns[f"blocks.{ly}.mlp.hook_pre"] = reader(
+                    slice(col, col + 1), f"blocks.{ly}.hook_resid_mid", self._mlp(ly)
+                )
+        fns[self.last] = _chain(record, reader(slice(-1, None), self.last, _resid))
+        with torch.no_grad(), hooks(self.model, fns, strict=False):
+            return run_model(self.model, inputs)
+
+    def _qkv(self, layer: int, p: str) -> Any:
+        block = self.model.blocks[layer]
+        w = getattr(block.attn, f"W_{p.upper()}")
+        b = getattr(block.attn, f"b_{p.upper()}")
+        params = norm_params(block.ln1, self.norm)
+
+        def finish(x: Tensor, act: Tensor, changed: Tensor) -> Tensor:
+            x = norm_forward(x, self.norm, params, self.eps)  # [head, b, p, d]
+            new = einops.einsum(x, w, "h b p d, h d e -> b p h e") + b
+            return torch.where(changed.to(act.device)[:, None], new, act)
+
+        return finish
+
+    def _mlp(self, layer: int) -> Any:
+        block = self.model.blocks[layer]
+        params = norm_params(block.ln2, self.norm)
+
+        def finish(x: Tensor, act: Tensor, changed: Tensor) -> Tensor:
+            x = norm_forward(x[0], self.norm, params, self.eps)
+            return x @ block.mlp.W_in + block.mlp.b_in
+
+        return finish
+
+
+def _resid(x: Tensor, act: Tensor, changed: Tensor) -> Tensor:
+    return x[0]
+
+
+def _chain(first: HookFn, second: HookFn) -> HookFn:
+    """One hook that runs `first` (for its side effect) and then `second`."""
+
+    def fn(act: Tensor, site: Site) -> Tensor | None:
+        first(act, site)
+        return second(act, site)
+
+    return fn
+
+
+def _layer(site: str) -> int:
+    return int(site.split(".")[1])

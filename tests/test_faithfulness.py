@@ -1,0 +1,275 @@
+"""Edge-level faithfulness and `discover`, checked against forward passes written out by hand.
+
+The references rebuild each model's computation with every edge explicit (a head's input is the
+sum of its senders' outputs, a conv channel is the sum of its input channels' convolutions), so
+keeping or ablating an edge is a plain choice of which value enters the sum; nothing is shared
+with the hook-based implementation.
+"""
+
+from __future__ import annotations
+
+import random
+
+import networkx as nx
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import circuits as cc
+from circuits.errors import ConfigError, InputError, MetricError, ShapeMismatchError
+from circuits.zoo import CORNER_CIRCUIT, INDUCTION_HEADS, corner_cnn, corner_images
+
+# -- transformers --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def induction():
+    model = cc.zoo.induction_transformer()
+    clean, corrupt, batch = cc.zoo.induction_pair(8, seed=1)
+    loss = cc.metrics.cross_entropy(clean, mask=batch.is_repeat)
+    full = cc.build_graph(cc.attribute(model, clean, corrupt, loss, method="eap"))
+    return model, clean, corrupt, loss, full
+
+
+def hand_forward(w, tokens, n_layers, n_heads, kept=None, ablated=None):
+    """Logits of an attention-only, norm-free transformer (HookedTransformer weights `w`) in
+    which each receiver (head or "logits") sums its senders one by one, taking `ablated[s]`
+    instead of sender s's own output where the edge s -> receiver is not in `kept`.
+    Returns (logits, outputs): outputs[s] is each sender's own output in this run."""
+    resid_bias = torch.zeros(w["embed.W_E"].shape[1])
+    outputs = {"embed": w["embed.W_E"][tokens] + w["pos_embed.W_pos"][: tokens.shape[1]]}
+
+    def read(receiver):
+        total = resid_bias.clone()
+        for s, out in outputs.items():
+            keep = kept is None or (s, receiver) in kept
+            total = total + (out if keep else ablated[s])
+        return total
+
+    for ly in range(n_layers):
+        new = {}
+        for h in range(n_heads):
+            x = read((ly, h))
+            q, k, v = (x @ w[f"blocks.{ly}.attn.W_{p}"][h] + w[f"blocks.{ly}.attn.b_{p}"][h]
+                       for p in "QKV")  # fmt: skip
+            scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+            causal = torch.ones(scores.shape[-2:], dtype=torch.bool).tril()
+            pattern = scores.masked_fill(~causal, float("-inf")).softmax(-1)
+            new[(ly, h)] = (pattern @ v) @ w[f"blocks.{ly}.attn.W_O"][h]
+        outputs.update(new)
+        resid_bias = resid_bias + w[f"blocks.{ly}.attn.b_O"]
+    return read("logits") @ w["unembed.W_U"] + w["unembed.b_U"], outputs
+
+
+def hand_edges(g):
+    """The graph's edges in hand_forward's names: "embed", (layer, head), "logits"."""
+
+    def name(key):
+        a = g.nodes[key]
+        return {"input": "embed", "output": "logits"}.get(a["kind"], (a["layer"], a["unit"]))
+
+    return {(name(u), name(v)) for u, v in g.edges}
+
+
+@pytest.mark.transformer
+def test_faithfulness_equals_a_hand_written_edge_ablation(induction):
+    model, clean, corrupt, loss, full = induction
+    w = cc.zoo.hooked_state_dict(model)
+    cfg = model.cfg
+    logits, _ = hand_forward(w, clean, cfg.n_layers, cfg.n_heads)
+    with torch.no_grad():
+        assert torch.allclose(logits, model(clean), atol=1e-4)  # the reference is the model
+        m_clean, m_corrupt = float(loss(model(clean))), float(loss(model(corrupt)))
+    _, ablated = hand_forward(w, corrupt, cfg.n_layers, cfg.n_heads)
+    edges = list(full.edges)
+    rng = random.Random(0)
+    for size in (3, 8, 16, 25):
+        sub = full.edge_subgraph(rng.sample(edges, size)).copy()
+        kept = hand_edges(sub)
+        logits, _ = hand_forward(w, clean, cfg.n_layers, cfg.n_heads, kept, ablated)
+        want = (float(loss(logits)) - m_corrupt) / (m_clean - m_corrupt)
+        got = cc.faithfulness(model, sub, clean, corrupt, loss)
+        assert got == pytest.approx(want, abs=1e-4)
+        assert sub.graph["faithfulness"] == got and sub.graph["ablation"] == "patch"
+
+
+@pytest.mark.transformer
+def test_whole_graph_is_fully_faithful_and_no_edge_is_zero(induction):
+    model, clean, corrupt, loss, full = induction
+    assert cc.faithfulness(model, full, clean, corrupt, loss) == pytest.approx(1.0, abs=1e-5)
+    empty = nx.DiGraph(full.subgraph([]))
+    empty.graph.update(full.graph)
+    assert cc.faithfulness(model, empty, clean, corrupt, loss) == 0.0
+    for ablation in ("mean", "zero"):
+        assert cc.faithfulness(model, full, clean, corrupt, loss, ablation=ablation) == (
+            pytest.approx(1.0, abs=1e-5)
+        )
+
+
+@pytest.mark.transformer
+def test_complete_subgraph_equals_patching_the_other_nodes():
+    """With every edge among a node set kept, edge ablation is node patching of everything else,
+    here on a model with LayerNorm and MLPs; the reference patches with plain hooks."""
+    model = cc.zoo.tiny_transformer(n_layers=2, d_vocab=50, n_ctx=12, seed=3)
+    gen = torch.Generator().manual_seed(0)
+    clean, corrupt = torch.randint(0, 50, (2, 6, 10), generator=gen)
+
+    def metric(logits):
+        return logits[:, -1].log_softmax(-1)[:, 7].mean()
+
+    full = cc.build_graph(cc.attribute(model, clean, corrupt, metric, method="eap"))
+    outside = {"blocks.0.attn.hook_z[1]", "blocks.1.attn.hook_z[0]", "blocks.0.hook_mlp_out"}
+    sub = full.subgraph([n for n in full if n not in outside]).copy()
+    got = cc.faithfulness(model, sub, clean, corrupt, metric)
+    ref = cc.capture(model, corrupt, sites=["blocks.0.attn.hook_z", "blocks.1.attn.hook_z",
+                                            "blocks.0.hook_mlp_out"])  # fmt: skip
+
+    def patch_heads(layer, head):
+        def fn(z, site):
+            z = z.clone()
+            z[:, :, head] = ref[f"blocks.{layer}.attn.hook_z"][:, :, head]
+            return z
+
+        return fn
+
+    fns = {
+        "blocks.0.attn.hook_z": patch_heads(0, 1),
+        "blocks.1.attn.hook_z": patch_heads(1, 0),
+        "blocks.0.hook_mlp_out": lambda act, site: ref["blocks.0.hook_mlp_out"],
+    }
+    with torch.no_grad():
+        m_clean, m_corrupt = float(metric(model(clean))), float(metric(model(corrupt)))
+        with cc.hooks(model, fns):
+            m_patched = float(metric(model(clean)))
+    assert got == pytest.approx((m_patched - m_corrupt) / (m_clean - m_corrupt), abs=1e-4)
+    assert abs(1 - got) > 0.05  # the three nodes matter: the check is not trivially 1
+
+
+# -- conv nets -----------------------------------------------------------------------------------
+
+
+class Stack(nn.Module):
+    """A random sequential conv net: conv1 -> tanh -> conv2 (stride 2) -> relu -> mean -> linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.conv1 = nn.Conv2d(2, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 3, 3, stride=2)
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.conv2(torch.tanh(self.conv1(x))))
+        return self.head(h.mean(dim=(2, 3)))
+
+
+def hand_conv(model, x, x_abl, kept):
+    """Stack's output with each channel edge summed by hand: input channel c enters output
+    channel c' of a conv as conv(x_c, W[c', c]), from the ablated run where (c, c') is not kept."""
+
+    def layer(conv, name, inp, inp_abl, source):
+        outs = []
+        for o in range(conv.out_channels):
+            total = conv.bias[o].expand(1)
+            for c in range(conv.in_channels):
+                keep = (f"{source}[{c}]", f"{name}[{o}]") in kept
+                part = (inp if keep else inp_abl)[:, c : c + 1]
+                total = total + F.conv2d(part, conv.weight[o : o + 1, c : c + 1],
+                                         stride=conv.stride, padding=conv.padding)  # fmt: skip
+            outs.append(total)
+        return torch.cat(outs, 1)
+
+    with torch.no_grad():
+        a1 = torch.tanh(model.conv1(x_abl))
+        p2_abl = model.conv2(a1)
+        p1 = layer(model.conv1, "conv1", x, x_abl, "conv1:input")
+        p2 = layer(model.conv2, "conv2", torch.tanh(p1), a1, "conv1")
+        out_kept = torch.tensor([(f"conv2[{c}]", "output") in kept for c in range(3)])
+        p2 = torch.where(out_kept[None, :, None, None], p2, p2_abl)
+        return model.head(torch.relu(p2).mean(dim=(2, 3)))
+
+
+def test_conv_faithfulness_equals_a_hand_written_edge_ablation():
+    model = Stack().eval()
+    gen = torch.Generator().manual_seed(2)
+    clean, corrupt = torch.randn(2, 5, 2, 9, 9, generator=gen)
+
+    def metric(out):
+        return out[:, 0].mean() - out[:, 1].mean()
+
+    full = cc.build_graph(cc.attribute(model, clean, corrupt, metric, method="eap"))
+    assert full.number_of_edges() == 2 * 4 + 4 * 3 + 3
+    with torch.no_grad():
+        m_clean, m_corrupt = float(metric(model(clean))), float(metric(model(corrupt)))
+    rng = random.Random(1)
+    for size in (4, 10, 16):
+        sub = full.edge_subgraph(rng.sample(list(full.edges), size)).copy()
+        want = (float(metric(hand_conv(model, clean, corrupt, set(sub.edges)))) - m_corrupt) / (
+            m_clean - m_corrupt
+        )
+        assert cc.faithfulness(model, sub, clean, corrupt, metric) == pytest.approx(want, abs=1e-4)
+
+
+@pytest.mark.parametrize("method", ["eap", "eap-ig"])
+def test_discover_finds_the_corner_circuit(method):
+    images, labels = corner_images(24, seed=0)
+    clean, corrupt = images[labels == 1][:8], images[labels == 0][:8]
+    g = cc.discover(corner_cnn(), clean, corrupt, lambda out: out[:, 0].sum(), method=method)
+    found = {(u, v) for u, v in g.edges if u.startswith("conv1[") and v.startswith("conv2[")}
+    truth = {(f"{a}[{i}]", f"{b}[{j}]") for a, i, b, j in CORNER_CIRCUIT.edges}
+    assert found == truth  # precision and recall 1.0
+    assert set(g.predecessors("output")) == {"conv2[0]"}
+    assert g.graph["faithfulness"] == 1.0  # the distractors contribute exactly nothing
+
+
+# -- discover on the induction model ---------------------------------------------------------------
+
+
+@pytest.mark.transformer
+def test_discover_induction_circuit_is_small_and_faithful():
+    model = cc.zoo.induction_transformer()
+    clean, corrupt, batch = cc.zoo.induction_pair(16, seed=0)
+    loss = cc.metrics.cross_entropy(clean, mask=batch.is_repeat)
+    g = cc.discover(model, clean, corrupt, loss, meta={"model": "induction_transformer"})
+    prev, ind = INDUCTION_HEADS["previous_token"], INDUCTION_HEADS["induction"]
+    assert g.has_edge(f"blocks.0.attn.hook_z[{prev[1]}]", f"blocks.1.attn.hook_z[{ind[1]}]")
+    candidates = g.graph["thresholds"]
+    n_all = 4 * 1 + 4 * 5 + 9  # embed -> layer 0; embed and layer 0 -> layer 1; all -> logits
+    assert f'"edges": {n_all}' in candidates
+    assert g.number_of_edges() <= n_all / 4
+    assert g.graph["faithfulness"] >= 0.8
+    again = cc.faithfulness(model, g.copy(), clean, corrupt, loss)
+    assert again == pytest.approx(g.graph["faithfulness"], abs=1e-6)
+    fixed = cc.discover(model, clean, corrupt, loss, method="eap", top_k=4)
+    assert fixed.number_of_edges() <= 4 and "top_k" in fixed.graph["thresholds"]
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+
+@pytest.mark.transformer
+def test_bad_input_raises_and_leaves_the_model_alone(induction):
+    model, clean, corrupt, loss, full = induction
+    hooks_before = cc.hook_count(model)
+    with torch.no_grad():
+        before = model(clean)
+    with pytest.raises(ConfigError, match="ablation"):
+        cc.faithfulness(model, full, clean, corrupt, loss, ablation="resample")
+    with pytest.raises(ShapeMismatchError):
+        cc.faithfulness(model, full, clean, corrupt[:3], loss)
+    with pytest.raises(MetricError, match="undefined"):
+        cc.faithfulness(model, full, clean, clean, loss)
+    images, _ = corner_images(4, seed=0)
+    corner = cc.build_graph(
+        cc.attribute(corner_cnn(), images, images.flip(-1), lambda o: o.sum(), method="eap")
+    )
+    with pytest.raises(InputError, match="not a node"):
+        cc.faithfulness(model, corner, clean, corrupt, loss)
+    with pytest.raises(InputError, match="not a conv channel"):
+        cc.faithfulness(corner_cnn(), full, images, images.flip(-1), lambda o: o.sum())
+    with pytest.raises(ConfigError, match="either target"):
+        cc.discover(model, clean, corrupt, loss, target=0.9, top_k=3)
+    assert cc.hook_count(model) == hooks_before
+    with torch.no_grad():
+        assert torch.equal(model(clean), before)
