@@ -273,3 +273,23 @@ def test_bad_input_raises_and_leaves_the_model_alone(induction):
     assert cc.hook_count(model) == hooks_before
     with torch.no_grad():
         assert torch.equal(model(clean), before)
+
+
+def test_skip_edges_are_refused_with_advice():
+    class Skip(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv1, self.conv2, self.conv3 = (nn.Conv2d(2, 2, 3, padding=1) for _ in range(3))
+
+        def forward(self, x):
+            h = torch.relu(self.conv1(x))
+            return self.conv3(torch.relu(self.conv2(h)) + h).mean(dim=(1, 2, 3))
+
+    model = Skip().eval()
+    clean, corrupt = torch.randn(2, 3, 2, 6, 6, generator=torch.Generator().manual_seed(0))
+    g = cc.build_graph(cc.attribute(model, clean, corrupt, lambda o: o.sum(), method="eap"))
+    assert g.has_edge("conv1[0]", "conv3[0]")  # through the skip connection
+    with pytest.raises(InputError, match="skip connection"):
+        cc.faithfulness(model, g, clean, corrupt, lambda o: o.sum())
+    assert cc.hook_count(model) == 0

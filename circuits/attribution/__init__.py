@@ -10,7 +10,7 @@
 
 - `nodes`: attribution patching and integrated gradients (Captum's rules) on any site and unit.
 - `edges`: EAP and EAP-IG on a TransformerLens model's residual-stream graph.
-- `conv`: EAP and EAP-IG on the channel graph of a chain of conv layers.
+- `conv`: EAP and EAP-IG on the channel graph of a conv net, residual connections included.
 - `direct`: feature-to-feature direct effects in the linearised model, with an error term.
 Every hook goes through `circuits.hooks`; tensors stay on the model's device.
 """

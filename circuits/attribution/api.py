@@ -86,7 +86,8 @@ def attribute(
     integrated_gradients: site (None: the input), unit, steps (32), rule (see
         `integrated_gradients`); corrupt is the baseline, None for zeros.
     eap, eap-ig: every edge of the model's graph (TransformerLens models: embeddings, heads,
-        MLPs, logits; conv nets: channels of a conv chain, `layers`); steps (5) and rule for EAP-IG.
+        MLPs, logits; conv nets: channels of the conv layers, skips included, `layers`); steps (5)
+        and rule for EAP-IG.
     direct_effects: `source` and `target` feature bases in the linearised model on `clean`
         (corrupt and metric are None); target_pos, freeze (see `direct_effects`).
     Options a method does not use raise ConfigError rather than being ignored.
@@ -149,8 +150,9 @@ def edge_attribution(
 
     TransformerLens models: edges from the embeddings, each head's output and each MLP's output
     to each later head's query, key and value input, each later MLP's input and the logits
-    (see `circuits.attribution.edges`). Other models: channel edges of a chain of conv layers
-    (`layers`, default every conv in module order; see `circuits.attribution.conv`).
+    (see `circuits.attribution.edges`). Other models: channel edges between conv layers that
+    read each other directly, across residual connections too (`layers`, default every conv;
+    see `circuits.attribution.conv`).
     Returns scores [source, target] (NaN where no edge); with EAP-IG the embedding's (input's)
     edges sum to the metric difference up to `completeness_gap`.
     """
@@ -170,7 +172,7 @@ def edge_attribution(
     rows = check_max_batch(max_batch)
     if is_transformer_lens(model):
         if layers is not None:
-            raise ConfigError("layers names a conv chain; a TransformerLens model's graph is fixed")
+            raise ConfigError("layers names conv layers; a TransformerLens model's graph is fixed")
         return transformer_edges(model, clean, corrupt, metric, path=path, direction=direction,
                                  max_batch=rows, progress=progress)  # fmt: skip
     return conv_edges(model, clean, corrupt, metric, path=path, direction=direction,

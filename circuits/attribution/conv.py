@@ -1,27 +1,51 @@
 """Channel-to-channel edge attribution in conv nets (EAP and EAP-IG on the channel graph).
 
-Nodes are the channels of a chain of conv layers (the Distill circuits thread's view). Conv layer
-i+1 reads the channels of conv layer i through channelwise functions (ReLU, pooling, per-channel
-normalisation), so input channel c of conv i+1 stands for channel c of conv i. The pre-activation
-of output channel c' is a sum over input channels, conv(x_c, W[c', c]), so the edge c -> c' has a
-first-order effect
+Nodes are the output channels of the conv layers (the Distill circuits thread's view), the channels
+of the first conv's input (input nodes) and the metric (the output node). A conv B reads its input
+B_in, which the model computes from the outputs of earlier convs and from the input through the
+ops between convs: ReLU, batch norm in eval mode, pooling, and the additions of residual
+connections. In a sequential stack B_in comes from one conv; in a ResNet block's output the
+previous block's input arrives too, through the skip connection, so a conv feeds every conv that
+reads it along a path through no other conv of the graph. `conv_graph.trace` finds these pairs
+with autograd, on a run where each conv's output is cut from its input.
 
-    score(c -> c') = sum over batch and positions of conv(diff_c, W[c', c]) * grad_c'
+Edge A -> B. Let delta_AB be the change of B_in when A's output alone takes its source value and
+every other conv's output keeps its base value: the change path patching A -> B would make. The
+ops between convs act channel by channel (this is checked), so channel c of delta_AB depends on
+A's channel c only. The pre-activation of B's output channel c' is a sum over input channels,
+conv(x_c, W[c', c]), so the edge A_c -> B_c' has the first-order effect
 
-with diff_c the change of the input channel (source run - base run) and grad_c' the gradient of the
-metric at the pre-activation. That sum is the gradient of sum(grad * conv(diff, W)) with respect to
-W, contracted with W itself, so one weight-gradient per layer scores all its edges (any stride,
-padding, dilation or groups). The first conv's input channels are input nodes; the last conv's
-channels have an edge to the output, score sum(diff * grad) at its pre-activation.
+    score(A_c -> B_c') = sum over batch and positions of conv(delta_AB[c], W[c', c]) * grad_B[c']
 
-Restriction: a sequential stack. A residual connection that adds another layer's channels into a
-conv's input would mix sources; name a sequential sub-chain with `layers`.
+with grad_B the gradient of the metric at B's output (EAP: on the base run; EAP-IG: integrated
+along the straight path between the inputs). That sum is the gradient of sum(grad * conv(delta, W))
+with respect to W, contracted with W itself, so one weight-gradient per (A, B) scores all their
+edges (any stride, padding, dilation or groups). Where B reads A alone (a sequential stack),
+delta_AB is the plain difference of B's input between the two runs.
+
+Why a patched difference and not a Jacobian-vector product: it is exact where B reads one conv,
+needs no forward-mode rule for every op, and channel by channel it is what the real intervention
+"A's channel c alone at its source value" does to B_in. Neither is additive over convs whose
+outputs meet inside a nonlinearity (relu(a + b)).
+
+Edge A -> output: A's change times the metric's gradient along the direct paths from A to the
+output, every other conv's output held fixed. The input nodes' edges carry the whole change of the
+input, so with EAP-IG they add up to the metric difference (`total` vs `expected`).
+
+`layers` restricts the nodes to the named convs, listed in the order the forward pass runs them.
+The other convs become part of the paths: before the first named conv or on the way to the output
+they are fine; between two named convs a conv mixes channels and is refused (ModelError). The
+input node is the first named conv's input: paths from the model's input that bypass that tensor
+are not in the graph (their effect is missing from `total`). Refused too, with a ModelError that
+says what to change: a conv that runs twice, a path that changes the channel count
+(concatenation) or mixes channels (a linear layer, a norm over channels), and batch norm or
+dropout in training mode.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import torch
@@ -32,12 +56,14 @@ from circuits.capture import capture
 from circuits.errors import InputError, ModelError, SiteNotFoundError, closest
 from circuits.sweeps import metric_name
 
-from .common import Direction, IGPath, Metric, path_runs
+from .common import Direction, IGPath, Metric
+from .conv_graph import INPUT, Conv, Grads, Trace, deltas, path_grads, trace
 from .result import AttributionResult, node_row
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-Conv = nn.Conv1d | nn.Conv2d | nn.Conv3d
 OUTPUT = "output"
+# Modules whose training mode makes a run depend on the batch it is stacked with, or on chance.
+TRAIN_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
 
 
 def conv_edges(
@@ -52,42 +78,33 @@ def conv_edges(
     max_batch: int,
     progress: bool | None,
 ) -> AttributionResult:
-    """EAP (path=None) or EAP-IG channel edge scores along a chain of conv layers."""
-    chain = conv_chain(model, layers)
-    names = [name for name, _ in chain]
-    inputs = [f"{name}:input" for name in names]
+    """EAP (path=None) or EAP-IG channel edge scores on the graph of the model's conv layers."""
+    convs = conv_layers(model, layers)
+    check_eval(model)
     base, source = (clean, corrupt) if direction == "noise" else (corrupt, clean)
-    src = capture(model, source, sites=[*inputs, names[-1]], metric=metric)
-    run = capture(model, base, sites=[*inputs, *names], grads=path is None, metric=metric)
-    if path is None:
-        grads = {name: run.grads[name] for name in names}
-    else:
-        grads = {name: torch.zeros_like(run[name]) for name in names}
-        x_base, x_source = _image(base), _image(source)
-        for cache, _, k in path_runs(
-            model, None, replace=None, base=x_base, source=x_source, path=path, metric=metric,
-            sites=names, max_batch=max_batch, show=progress, desc="EAP-IG",
-        ):  # fmt: skip
-            assert cache is not None
-            for name in names:
-                g = cache.grads[name]
-                grads[name] += g.reshape(k, -1, *g.shape[1:]).sum(0)
-    sizes = [conv.in_channels for _, conv in chain] + [chain[-1][1].out_channels]
-    offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
-    n_src, n_tgt = offsets[-1], offsets[-1] - sizes[0] + 1
-    scores = torch.full((n_src, n_tgt), float("nan"), device=run[names[0]].device)
-    for i, (name, conv) in enumerate(chain):  # sources: block i; targets: block i + 1
-        diff = src[inputs[i]] - run[inputs[i]]
-        cols = slice(offsets[i + 1] - sizes[0], offsets[i + 2] - sizes[0])
-        scores[offsets[i] : offsets[i + 1], cols] = channel_scores(conv, diff, grads[name])
-    last = names[-1]
-    out_diff = src[last] - run[last]
-    scores[offsets[-2] :, -1] = (out_diff * grads[last]).transpose(0, 1).flatten(1).sum(1)
-    base_value, source_value = float(run.metric or 0.0), float(src.metric or 0.0)
+    if path is not None:
+        base, source = _image(base), _image(source)
+    graph = trace(model, base, convs, metric)
+    if layers is not None and list(layers) != graph.order:
+        raise ModelError(
+            f"layers lists {list(layers)}, but the forward pass runs them as {graph.order}: "
+            "list them in that order"
+        )
+    values, src_inputs, source_value = _source_run(model, source, graph, metric)
+    grads = (
+        graph.grads
+        if path is None
+        else path_grads(model, base, source, convs, metric, path=path, max_batch=max_batch,
+                        progress=progress)
+    )  # fmt: skip
+    moved = deltas(model, base, source, graph, values, src_inputs, max_batch=max_batch)
+    scores = _scores(convs, graph, grads, moved, values)
+    base_value = graph.metric
     clean_value, corrupt_value = (
         (base_value, source_value) if direction == "noise" else (source_value, base_value)
     )
-    src_keys, tgt_keys, nodes = _nodes(chain, run)
+    src_keys, tgt_keys, nodes = _nodes(graph)
+    n_input = graph.values[INPUT].shape[1]
     return AttributionResult(
         scores=scores,
         axes=("source", "target"),
@@ -97,7 +114,7 @@ def conv_edges(
         direction=direction,
         clean_value=clean_value,
         corrupt_value=corrupt_value,
-        total=scores[: sizes[0]].nansum().reshape(1),
+        total=scores[:n_input].nansum().reshape(1),
         expected=torch.tensor([source_value - base_value], device=scores.device),
         node_table=tuple(nodes),
     )
@@ -122,59 +139,113 @@ def channel_scores(conv: Conv, diff: Tensor, grad: Tensor) -> Tensor:
     return scores
 
 
-def conv_chain(model: nn.Module, layers: Sequence[str] | None) -> list[tuple[str, Conv]]:
-    """The conv layers (by module path) whose channels form the graph, checked to chain up."""
+def conv_layers(model: nn.Module, layers: Sequence[str] | None) -> dict[str, Conv]:
+    """The conv layers (by module path) whose channels are the graph's nodes."""
     table = module_table(model)
-    chain: list[tuple[str, Conv]] = []
     if layers is None:
-        chain = [(name, cast(Conv, mod)) for name, mod in table.items() if isinstance(mod, CONVS)]
-        if not chain:
+        convs = {name: cast(Conv, mod) for name, mod in table.items() if isinstance(mod, CONVS)}
+        if not convs:
             raise ModelError(
                 f"{type(model).__name__} has no Conv1d / Conv2d / Conv3d layers and is not a "
                 "TransformerLens model, so it has no graph edge attribution knows; use "
                 "attribution_patching or integrated_gradients on its sites"
             )
-    else:
-        if isinstance(layers, str) or not layers:
-            raise InputError(
-                f"layers must be a non-empty list of conv module paths, got {layers!r}"
-            )
-        for name in layers:
-            if name not in table:
-                raise SiteNotFoundError(f"no module {name!r}; {closest(name, table)}")
-            if not isinstance(table[name], CONVS):
-                raise ModelError(f"{name!r} is a {type(table[name]).__name__}, not a conv layer")
-            chain.append((name, cast(Conv, table[name])))
-    for (a, first), (b, second) in itertools.pairwise(chain):
-        if second.in_channels != first.out_channels:
-            raise ModelError(
-                f"{b!r} reads {second.in_channels} channels but {a!r} writes "
-                f"{first.out_channels}: these layers are not a sequential stack. Pass "
-                "layers=[...] naming a chain in which each conv reads the previous one's channels"
-            )
-    return chain
+        return convs
+    if isinstance(layers, str) or not layers or len(set(layers)) != len(layers):
+        raise InputError(
+            f"layers must be a non-empty list of distinct conv module paths, got {layers!r}"
+        )
+    for name in layers:
+        if name not in table:
+            raise SiteNotFoundError(f"no module {name!r}; {closest(name, table)}")
+        if not isinstance(table[name], CONVS):
+            raise ModelError(f"{name!r} is a {type(table[name]).__name__}, not a conv layer")
+    return {name: cast(Conv, table[name]) for name in layers}
 
 
-def _nodes(chain: list[tuple[str, Conv]], run: Any) -> tuple[list[str], list[str], list[dict]]:
+def check_eval(model: nn.Module) -> None:
+    """Refuse batch norm and dropout in training mode: stacked runs would not be independent."""
+    training = [
+        name
+        for name, mod in model.named_modules()
+        if isinstance(mod, TRAIN_DEPENDENT) and mod.training
+    ]
+    if training:
+        raise ModelError(
+            f"{training[:3]} are in training mode: batch norm would normalise over the runs that "
+            "edge attribution stacks along the batch (and update its running statistics), "
+            "dropout would drop at random. Call model.eval() first."
+        )
+
+
+def _source_run(
+    model: nn.Module, source: Any, graph: Trace, metric: Metric
+) -> tuple[dict[str, Tensor], dict[str, Tensor], float]:
+    """Node values (INPUT: the first conv's input), conv inputs and the metric on the source run."""
+    sites = {name: f"{name}:input" for name in graph.order}
+    src = capture(model, source, sites=[*graph.order, *sites.values()], metric=metric)
+    inputs = {name: src[site] for name, site in sites.items()}
+    values = {INPUT: inputs[graph.order[0]], **{name: src[name] for name in graph.order}}
+    return values, inputs, float(src.metric or 0.0)
+
+
+def _scores(
+    convs: Mapping[str, Conv],
+    graph: Trace,
+    grads: Grads,
+    moved: Mapping[tuple[str, str], Tensor],
+    source_values: Mapping[str, Tensor],
+) -> Tensor:
+    """[source, target] scores: rows the input node and each conv, columns each conv and the
+    output; NaN where a node does not feed a conv (or the output) directly."""
+    senders = [INPUT, *graph.order]
+    rows = _blocks(senders, [graph.values[node].shape[1] for node in senders])
+    cols = _blocks([*graph.order, OUTPUT], [convs[n].out_channels for n in graph.order] + [1])
+    scores = torch.full(
+        (rows[senders[-1]].stop, cols[OUTPUT].stop), float("nan"), device=graph.values[INPUT].device
+    )
+    for conv in graph.order:
+        for node in graph.feeds[conv]:
+            scores[rows[node], cols[conv]] = channel_scores(
+                convs[conv], moved[node, conv], grads.total[conv]
+            )
+    for node, grad in grads.direct.items():
+        diff = source_values[node] - graph.values[node]
+        scores[rows[node], -1] = (diff * grad).transpose(0, 1).flatten(1).sum(1)
+    return scores
+
+
+def _blocks(names: Sequence[str], sizes: Sequence[int]) -> dict[str, slice]:
+    """Consecutive index ranges of the given sizes, by name."""
+    ends = list(itertools.accumulate(sizes))
+    return {
+        name: slice(end - size, end) for name, size, end in zip(names, sizes, ends, strict=True)
+    }
+
+
+def _nodes(graph: Trace) -> tuple[list[str], list[str], list[dict]]:
     """Source keys, target keys and node rows; activation: a channel's mean on the base run."""
-    first = f"{chain[0][0]}:input"
-    x = run[first]
-    src = [f"{first}[{c}]" for c in range(x.shape[1])]
+    first = f"{graph.order[0]}:input"
+    src = [f"{first}[{c}]" for c in range(graph.values[INPUT].shape[1])]
     nodes = [
-        node_row(key, "input", first, unit=c, activation=float(x[:, c].mean()))
-        for c, key in enumerate(src)
+        node_row(key, "input", first, unit=c, activation=mean)
+        for c, (key, mean) in enumerate(zip(src, _channel_means(graph.values[INPUT]), strict=True))
     ]
     tgt = []
-    for i, (name, conv) in enumerate(chain):
-        act = run[name]
-        keys = [f"{name}[{c}]" for c in range(conv.out_channels)]
+    for i, name in enumerate(graph.order):
+        means = _channel_means(graph.values[name])
+        keys = [f"{name}[{c}]" for c in range(len(means))]
         nodes += [
-            node_row(key, "channel", name, layer=i, unit=c, activation=float(act[:, c].mean()))
-            for c, key in enumerate(keys)
+            node_row(key, "channel", name, layer=i, unit=c, activation=mean)
+            for c, (key, mean) in enumerate(zip(keys, means, strict=True))
         ]
         tgt += keys
     nodes.append(node_row(OUTPUT, "output", "", label="output"))
     return src + tgt, [*tgt, OUTPUT], nodes
+
+
+def _channel_means(act: Tensor) -> list[float]:
+    return act.detach().transpose(0, 1).flatten(1).mean(1).tolist()
 
 
 def _image(inputs: Any) -> Tensor:

@@ -77,8 +77,10 @@ class ChannelAblation:
             target = str(b.get("site"))
             if target not in self.sources or a.get("site") != self.sources[target]:
                 raise InputError(
-                    f"edge {u!r} -> {v!r} does not join consecutive conv layers; edge-level "
-                    "faithfulness on a conv net covers sequential channel graphs"
+                    f"edge {u!r} -> {v!r} does not join consecutive conv layers (a skip "
+                    "connection?); edge-level faithfulness on a conv net covers sequential "
+                    "channel graphs only. For a residual net, build and prune the graph with "
+                    "cc.attribute, cc.build_graph and cc.prune instead of cc.discover"
                 )
             masks[target][int(b["unit"]), int(a["unit"])] = True
         return masks

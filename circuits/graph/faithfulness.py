@@ -74,6 +74,7 @@ class Faithfulness:
         self.runner: Any = (
             ResidualAblation(model) if is_transformer_lens(model) else ChannelAblation(model, g)
         )
+        self.runner.keep(g, g.edges())  # a graph the runner cannot map fails here, before any run
         self.g, self.clean, self.metric, self.ablation = g, clean, metric, ablation
         base = capture(model, clean, sites=self.runner.sites, metric=metric)
         self.ablated = _ablated(model, self.runner.sites, base, corrupt, ablation)
