@@ -3,12 +3,27 @@
 - `tiny_transformer(...)`: a random TransformerLens model from a config (either line).
 - `corner_cnn()`: a conv net with hand-set weights and its true channel circuit
   (`model.circuit`); `corner_images(n)` draws stimuli with corner labels.
+- `curve_cnn()`: a small conv net trained here to name lines and curves
+  (`circuits/zoo/train_curve.py` reproduces it): conv1 line detectors at 8 orientations, conv2
+  curve detectors built from the tangent line detectors. `curve_images(n)` draws labelled
+  stimuli, `line_stimuli` / `arc_stimuli` clean probes, `peak_responses` a channel's tuning.
 - `induction_transformer()`: a 2-layer attention-only transformer trained here on repeated
   random tokens (`circuits/zoo/train_induction.py` reproduces it); `induction_pair(n)` gives
   clean / corrupted inputs, `head_scores` its heads' induction and previous-token scores.
 """
 
 from circuits.zoo.corner import CORNER_CIRCUIT, CornerCircuit, corner_cnn, corner_images
+from circuits.zoo.curve import (
+    CURVE_DIRECTIONS,
+    LINE_ORIENTATIONS,
+    CurveBatch,
+    arc_stimuli,
+    curve_class_names,
+    curve_cnn,
+    curve_images,
+    line_stimuli,
+    peak_responses,
+)
 from circuits.zoo.induction import (
     INDUCTION_HEADS,
     RepeatBatch,
@@ -21,16 +36,25 @@ from circuits.zoo.transformers import hooked_state_dict, load_weights, tiny_tran
 
 __all__ = [
     "CORNER_CIRCUIT",
+    "CURVE_DIRECTIONS",
     "INDUCTION_HEADS",
+    "LINE_ORIENTATIONS",
     "CornerCircuit",
+    "CurveBatch",
     "RepeatBatch",
+    "arc_stimuli",
     "corner_cnn",
     "corner_images",
+    "curve_class_names",
+    "curve_cnn",
+    "curve_images",
     "head_scores",
     "hooked_state_dict",
     "induction_pair",
     "induction_transformer",
+    "line_stimuli",
     "load_weights",
+    "peak_responses",
     "repeated_tokens",
     "tiny_transformer",
 ]
