@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from torch import nn
@@ -37,3 +39,13 @@ def convnet() -> SmallConvNet:
 @pytest.fixture
 def images() -> torch.Tensor:
     return torch.randn(3, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny models train and run faster on one thread: a second only adds overhead, and on a busy
+    machine a lot. Use with pytestmark = pytest.mark.usefixtures("one_thread")."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

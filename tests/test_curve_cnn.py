@@ -29,18 +29,12 @@ from circuits.zoo.curve import (
 )
 from circuits.zoo.train_curve import one_vs_rest_loss, train
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SIZE, HALF_WIDTH, FINE = 32, 0.75, 4
 ORIENTATIONS = np.arange(0.0, 180.0, 7.5)
 DIRECTIONS = np.arange(0.0, 360.0, 15.0)
 CURVES = range(len(LINE_ORIENTATIONS), N_CLASSES)  # conv2 channels 8..15
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -23,16 +23,7 @@ from circuits.zoo.induction import (
 from circuits.zoo.train_induction import evaluate, next_token_loss, train
 from circuits.zoo.transformers import hooked_available, tiny_transformer
 
-pytestmark = pytest.mark.transformer
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: a second thread only adds overhead, and on a busy machine a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.transformer, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")

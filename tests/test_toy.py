@@ -10,7 +10,6 @@ cores.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -38,18 +37,12 @@ from circuits.toy import (
 )
 from circuits.toy.model import _set_gradients
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PENTAGON_SPARSITIES = (0.0, 0.9, 0.95)
 # Training can stall in a local minimum (a square plus a dead feature), so each sparsity is
 # trained REPLICAS times and its lowest-loss replica is the one compared with the paper's optimum.
 REPLICAS = 3
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def polygon(k: int) -> torch.Tensor:

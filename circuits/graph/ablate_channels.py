@@ -36,14 +36,14 @@ class ChannelAblation:
 
     def __init__(self, model: nn.Module, g: nx.DiGraph) -> None:
         self.model = model
-        table = module_table(model)
+        self.table: dict[str, Any] = module_table(model)
         layers: dict[str, int] = {}
         for key, attrs in g.nodes(data=True):
             kind, site = attrs.get("kind"), str(attrs.get("site", ""))
             name = site.removesuffix(":input") if kind == "input" else site
             if kind == "output":
                 continue
-            if kind not in ("input", "channel") or not isinstance(table.get(name), CONVS):
+            if kind not in ("input", "channel") or not isinstance(self.table.get(name), CONVS):
                 raise InputError(
                     f"node {key!r} ({kind} at {site!r}) is not a conv channel of this model: "
                     "edge-level faithfulness on a conv net takes channel graphs as "
@@ -59,7 +59,7 @@ class ChannelAblation:
 
     def keep(self, g: nx.DiGraph, edges: Iterable[tuple[str, str]]) -> dict[str, Tensor]:
         """Per conv, keep[c', c] (the edge c -> c' is kept); "output": keep[c] of the last conv."""
-        table: Any = module_table(self.model)
+        table = self.table
         masks = {
             name: torch.zeros(table[name].out_channels, table[name].in_channels, dtype=torch.bool)
             for name in self.convs
@@ -87,7 +87,7 @@ class ChannelAblation:
 
     def run(self, inputs: Any, ablated: dict[str, Tensor], keep: dict[str, Tensor]) -> Any:
         """The model's output on `inputs` with every edge outside `keep` ablated."""
-        table = module_table(self.model)
+        table = self.table
         seen: dict[str, Tensor] = {}
         fns: dict[str, HookFn] = {}
 
