@@ -474,6 +474,8 @@ def test_repeat_is_in_the_induction_heads_norm_not_a_direction(transformer):
     positions and writes the average of their value vectors (times W_O). That average lies inside
     the convex hull of the outputs it writes when matched (one value vector each), so no
     hyperplane separates the two cases; it is just shorter, as averages of random vectors are.
+    A sink does not change this: the same model retrained with a BOS token first scores 0.47-0.50
+    here too, since nothing downstream of layer 1 would read a "repeat" direction if it wrote one.
     """
     induction = trained_induction()
     if induction is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import einops
 from torch import Tensor, nn
 
 from circuits.errors import ModelError
@@ -39,6 +40,42 @@ def check_residual_graph(cfg: Any, what: str) -> None:
             f"this model has {', '.join(problems)}, which that graph does not describe. "
             "Use attribution_patching or patch on its sites instead."
         )
+
+
+class ResidualGraph:
+    """The senders of a TransformerLens model's residual stream and what each one writes.
+
+    Senders, in order: the embeddings (`blocks.0.hook_resid_pre`, token plus position), then per
+    layer each head's output z_h @ W_O[h] (key `blocks.L.attn.hook_z[h]`) and the MLP's output
+    (`blocks.L.hook_mlp_out`). Edge attribution and edge ablation both build on this.
+    """
+
+    def __init__(self, model: nn.Module, what: str) -> None:
+        cfg: Any = model.cfg
+        check_residual_graph(cfg, what)
+        self.model: Any = model
+        self.n_layers, self.n_heads = int(cfg.n_layers), int(cfg.n_heads)
+        self.mlp = not bool(cfg.attn_only)
+        self.norm: str | None = cfg.normalization_type
+        self.eps = float(getattr(cfg, "eps", 1e-5))
+        self.embed = "blocks.0.hook_resid_pre"
+        self.last = f"blocks.{self.n_layers - 1}.hook_resid_post"
+        self.sender_sites, self.sender_keys = [self.embed], [self.embed]
+        for ly in range(self.n_layers):
+            z = f"blocks.{ly}.attn.hook_z"
+            self.sender_sites.append(z)
+            self.sender_keys += [f"{z}[{h}]" for h in range(self.n_heads)]
+            if self.mlp:
+                self.sender_sites.append(f"blocks.{ly}.hook_mlp_out")
+                self.sender_keys.append(f"blocks.{ly}.hook_mlp_out")
+
+    def sender_outputs(self, site: str, act: Tensor) -> Tensor:
+        """[sender, batch, pos, d_model]: what the senders at `site` write to the residual stream
+        given `act` there (or a difference of two runs' activations: it is linear)."""
+        if site.endswith("hook_z"):
+            w_o = self.model.blocks[int(site.split(".")[1])].attn.W_O.detach()
+            return einops.einsum(act, w_o, "b p h e, h e d -> h b p d")
+        return act[None]
 
 
 def norm_params(module: nn.Module, norm: str | None) -> tuple[Tensor | None, Tensor | None]:

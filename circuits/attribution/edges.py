@@ -29,7 +29,7 @@ import einops
 import torch
 from torch import Tensor, nn
 
-from circuits.adapters.residual import check_residual_graph, norm_params, norm_vjp
+from circuits.adapters.residual import ResidualGraph, norm_params, norm_vjp
 from circuits.cache import ActivationCache
 from circuits.capture import capture
 from circuits.sweeps import metric_name
@@ -54,16 +54,16 @@ def transformer_edges(
     """EAP (path=None) or EAP-IG scores for every edge of a TransformerLens model."""
     g = _Graph(model)
     base, source = (clean, corrupt) if direction == "noise" else (corrupt, clean)
-    src = capture(model, source, sites=g.outputs, metric=metric)
-    sites = list(dict.fromkeys([*g.outputs, *g.grad_sites, *g.act_sites]))
-    run = capture(model, base, sites=sites if path is None else g.outputs, grads=path is None,
+    src = capture(model, source, sites=g.sender_sites, metric=metric)
+    sites = list(dict.fromkeys([*g.sender_sites, *g.grad_sites, *g.act_sites]))
+    run = capture(model, base, sites=sites if path is None else g.sender_sites, grads=path is None,
                   metric=metric)  # fmt: skip
     diffs = g.sender_diffs(src, run)
     scores = torch.zeros(g.n_senders, g.n_receivers, dtype=diffs.dtype, device=diffs.device)
     if path is None:
         g.score(run, 1, diffs, scores)
     else:
-        resid = g.outputs[0]
+        resid = g.embed
         for cache, _, k in path_runs(
             model, base, replace=resid, base=run[resid], source=src[resid], path=path,
             metric=metric, sites=[*g.grad_sites, *g.act_sites], max_batch=max_batch,
@@ -92,52 +92,30 @@ def transformer_edges(
     )
 
 
-class _Graph:
+class _Graph(ResidualGraph):
     """The nodes of one TransformerLens model and how to score the edges between them.
 
-    Senders: 0 the embeddings, then per layer its heads and its MLP. Receivers: per layer the
-    heads' queries, keys and values (head-major within each), its MLP input; then the logits.
+    Senders: those of `ResidualGraph`. Receivers: per layer the heads' queries, keys and values
+    (head-major within each), its MLP input; then the logits.
     """
 
     def __init__(self, model: nn.Module) -> None:
-        cfg: Any = model.cfg
-        check_residual_graph(cfg, "edge attribution")
-        self.model: Any = model
-        self.n_layers, self.n_heads = int(cfg.n_layers), int(cfg.n_heads)
-        self.mlp = not bool(cfg.attn_only)
-        self.norm: str | None = cfg.normalization_type
-        self.eps = float(getattr(cfg, "eps", 1e-5))
+        super().__init__(model, "edge attribution")
         self.per_layer = self.n_heads + int(self.mlp)
-        self.n_senders = 1 + self.n_layers * self.per_layer
+        self.n_senders = len(self.sender_keys)
         self.recv_per_layer = 3 * self.n_heads + int(self.mlp)
         self.n_receivers = self.n_layers * self.recv_per_layer + 1
         layers = range(self.n_layers)
-        self.outputs = ["blocks.0.hook_resid_pre"]
-        self.outputs += [f"blocks.{ly}.attn.hook_z" for ly in layers]
-        self.outputs += [f"blocks.{ly}.hook_mlp_out" for ly in layers] if self.mlp else []
         self.grad_sites = [f"blocks.{ly}.attn.hook_{p}" for ly in layers for p in "qkv"]
         self.grad_sites += [f"blocks.{ly}.mlp.hook_pre" for ly in layers] if self.mlp else []
-        self.grad_sites.append(f"blocks.{self.n_layers - 1}.hook_resid_post")
+        self.grad_sites.append(self.last)
         self.act_sites = [f"blocks.{ly}.hook_resid_pre" for ly in layers] if self.norm else []
         if self.norm and self.mlp:
             self.act_sites += [f"blocks.{ly}.hook_resid_mid" for ly in layers]
         self.valid = self._valid()
 
-    # -- weights ---------------------------------------------------------------------------
     def _attn(self, layer: int, name: str) -> Tensor:
         return getattr(self.model.blocks[layer].attn, name).detach()  # type: ignore[no-any-return]
-
-    # -- nodes -----------------------------------------------------------------------------
-    def head(self, layer: int, head: int) -> int:
-        return 1 + layer * self.per_layer + head
-
-    @property
-    def sender_keys(self) -> list[str]:
-        keys = ["blocks.0.hook_resid_pre"]
-        for ly in range(self.n_layers):
-            keys += [f"blocks.{ly}.attn.hook_z[{h}]" for h in range(self.n_heads)]
-            keys += [f"blocks.{ly}.hook_mlp_out"] if self.mlp else []
-        return keys
 
     @property
     def receiver_keys(self) -> list[str]:
@@ -160,12 +138,11 @@ class _Graph:
 
     def node_rows(self, run: ActivationCache) -> list[dict[str, Any]]:
         """Graph nodes; activation: the norm of the node's output on the base run."""
-        resid = "blocks.0.hook_resid_pre"
-        rows = [node_row(resid, "input", resid, label="embed", activation=float(run[resid].norm()))]
+        rows = [node_row(self.embed, "input", self.embed, label="embed",
+                         activation=float(run[self.embed].norm()))]  # fmt: skip
         for ly in range(self.n_layers):
             site = f"blocks.{ly}.attn.hook_z"
-            out = einops.einsum(run[site], self._attn(ly, "W_O"), "b p h e, h e d -> h b p d")
-            norms = out.flatten(1).norm(dim=1).tolist()
+            norms = self.sender_outputs(site, run[site]).flatten(1).norm(dim=1).tolist()
             rows += [
                 node_row(f"{site}[{h}]", "head", site, layer=ly, unit=h, label=f"a{ly}.h{h}",
                          activation=norms[h])
@@ -175,8 +152,7 @@ class _Graph:
                 site = f"blocks.{ly}.hook_mlp_out"
                 rows.append(node_row(site, "mlp", site, layer=ly, label=f"m{ly}",
                                      activation=float(run[site].norm())))  # fmt: skip
-        last = f"blocks.{self.n_layers - 1}.hook_resid_post"
-        rows.append(node_row(LOGITS, "output", last, label="logits"))
+        rows.append(node_row(LOGITS, "output", self.last, label="logits"))
         return rows
 
     def _valid(self) -> Tensor:
@@ -193,15 +169,7 @@ class _Graph:
     # -- scores ----------------------------------------------------------------------------
     def sender_diffs(self, src: ActivationCache, run: ActivationCache) -> Tensor:
         """[sender, batch, pos, d_model]: each sender's output, source run minus base run."""
-        parts = [(src[self.outputs[0]] - run[self.outputs[0]])[None]]
-        for ly in range(self.n_layers):
-            site = f"blocks.{ly}.attn.hook_z"
-            dz = src[site] - run[site]
-            parts.append(einops.einsum(dz, self._attn(ly, "W_O"), "b p h e, h e d -> h b p d"))
-            if self.mlp:
-                site = f"blocks.{ly}.hook_mlp_out"
-                parts.append((src[site] - run[site])[None])
-        return torch.cat(parts)
+        return torch.cat([self.sender_outputs(s, src[s] - run[s]) for s in self.sender_sites])
 
     def score(self, cache: ActivationCache, k: int, diffs: Tensor, scores: Tensor) -> None:
         """Add diffs . (receiver gradients of one pass, its k variants summed) into `scores`."""

@@ -55,7 +55,8 @@ class ChannelAblation:
         # the site whose channels feed each conv in the graph: its input, or the previous conv
         feeds = [f"{self.convs[0]}:input", *self.convs[:-1]]
         self.sources = dict(zip(self.convs, feeds, strict=True))
-        self.sites = [f"{name}:input" for name in self.convs] + self.convs[-1:]
+        # the sites whose ablated values `run` reads (as for ResidualAblation)
+        self.sender_sites = [f"{name}:input" for name in self.convs] + self.convs[-1:]
 
     def keep(self, g: nx.DiGraph, edges: Iterable[tuple[str, str]]) -> dict[str, Tensor]:
         """Per conv, keep[c', c] (the edge c -> c' is kept); "output": keep[c] of the last conv."""

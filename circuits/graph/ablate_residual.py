@@ -25,42 +25,29 @@ import networkx as nx
 import torch
 from torch import Tensor, nn
 
-from circuits.adapters.residual import check_residual_graph, norm_forward, norm_params
+from circuits.adapters.residual import ResidualGraph, norm_forward, norm_params
 from circuits.capture import run_model
 from circuits.errors import InputError
 from circuits.hooks import HookFn, hooks
 from circuits.site import Site
 
 
-class ResidualAblation:
+class ResidualAblation(ResidualGraph):
     """The senders and receivers of one TransformerLens model, and a run with edges ablated."""
 
     def __init__(self, model: nn.Module) -> None:
-        cfg: Any = model.cfg
-        check_residual_graph(cfg, "edge-level faithfulness")
-        self.model: Any = model
-        self.n_layers, self.n_heads = int(cfg.n_layers), int(cfg.n_heads)
-        self.mlp = not bool(cfg.attn_only)
-        self.norm: str | None = cfg.normalization_type
-        self.eps = float(getattr(cfg, "eps", 1e-5))
+        super().__init__(model, "edge-level faithfulness")
         layers = range(self.n_layers)
-        self.embed = "blocks.0.hook_resid_pre"
-        self.last = f"blocks.{self.n_layers - 1}.hook_resid_post"
-        self.senders: list[Any] = [self.embed]
-        for ly in layers:
-            self.senders += [(f"blocks.{ly}.attn.hook_z", h) for h in range(self.n_heads)]
-            self.senders += [f"blocks.{ly}.hook_mlp_out"] if self.mlp else []
-        heads = [(f"blocks.{ly}.attn.hook_z", h) for ly in layers for h in range(self.n_heads)]
+        heads = [f"blocks.{ly}.attn.hook_z[{h}]" for ly in layers for h in range(self.n_heads)]
         mlps = [f"blocks.{ly}.hook_mlp_out" for ly in layers] if self.mlp else []
         self.receivers = [*heads, *mlps, "logits"]
-        self.sites = [self.embed, *(f"blocks.{ly}.attn.hook_z" for ly in layers), *mlps]
 
     def keep(self, g: nx.DiGraph, edges: Iterable[tuple[str, str]]) -> Tensor:
         """keep[s, r]: the edge sender s -> receiver r is kept (`edges` are keys of g's nodes)."""
-        send = {k: i for i, k in enumerate(self.senders)}
+        send = {k: i for i, k in enumerate(self.sender_keys)}
         recv = {k: i for i, k in enumerate(self.receivers)}
         place = {key: self._place(key, attrs) for key, attrs in g.nodes(data=True)}
-        keep = torch.zeros(len(self.senders), len(self.receivers), dtype=torch.bool)
+        keep = torch.zeros(len(self.sender_keys), len(self.receivers), dtype=torch.bool)
         for u, v in edges:
             if place[u] not in send or place[v] not in recv:
                 raise InputError(
@@ -70,14 +57,15 @@ class ResidualAblation:
             keep[send[place[u]], recv[place[v]]] = True
         return keep
 
-    def _place(self, key: str, attrs: dict[str, Any]) -> Any:
+    def _place(self, key: str, attrs: dict[str, Any]) -> str:
+        """The sender or receiver key of graph node `key`, from its kind, site and unit."""
         kind, site, unit = attrs.get("kind"), attrs.get("site"), attrs.get("unit", -1)
         if kind == "input" and site == self.embed:
             return self.embed
-        if kind == "head" and site in self.sites and 0 <= unit < self.n_heads:
-            return (site, unit)
-        if kind == "mlp" and site in self.sites:
-            return site
+        if kind == "head" and site in self.sender_sites and 0 <= unit < self.n_heads:
+            return f"{site}[{unit}]"
+        if kind == "mlp" and site in self.sender_sites:
+            return str(site)
         if kind == "output":
             return "logits"
         raise InputError(
@@ -96,14 +84,8 @@ class ResidualAblation:
 
         def record(act: Tensor, site: Site) -> None:
             state[site.name] = act
-            if site.name == self.embed:
-                diffs.append(act - ablated[site.name])
-            elif site.name.endswith("hook_z"):
-                w_o = self.model.blocks[_layer(site.name)].attn.W_O
-                dz = act - ablated[site.name]
-                diffs.extend(einops.einsum(dz, w_o, "b p h e, h e d -> h b p d").unbind(0))
-            elif site.name.endswith("hook_mlp_out"):
-                diffs.append(act - ablated[site.name])
+            if site.name in ablated:  # a sender site; senders fire in sender order
+                diffs.extend(self.sender_outputs(site.name, act - ablated[site.name]).unbind(0))
 
         def reader(cols: slice, resid_site: str, finish: Any) -> HookFn:
             def fn(act: Tensor, site: Site) -> Tensor:
@@ -115,7 +97,7 @@ class ResidualAblation:
 
             return fn
 
-        for site in self.sites:
+        for site in self.sender_sites:
             fns[site] = record
         for ly in range(self.n_layers):
             fns[f"blocks.{ly}.hook_resid_pre"] = record
@@ -170,7 +152,3 @@ def _chain(first: HookFn, second: HookFn) -> HookFn:
         return second(act, site)
 
     return fn
-
-
-def _layer(site: str) -> int:
-    return int(site.split(".")[1])

@@ -76,8 +76,8 @@ class Faithfulness:
         )
         self.runner.keep(g, g.edges())  # a graph the runner cannot map fails here, before any run
         self.g, self.clean, self.metric, self.ablation = g, clean, metric, ablation
-        base = capture(model, clean, sites=self.runner.sites, metric=metric)
-        self.ablated = _ablated(model, self.runner.sites, base, corrupt, ablation)
+        base = capture(model, clean, sites=self.runner.sender_sites, metric=metric)
+        self.ablated = _ablated(model, self.runner.sender_sites, base, corrupt, ablation)
         self.model_value = float(base.metric or 0.0)
         self.empty_value = self._value(self.runner.keep(g, []))
         if abs(self.model_value - self.empty_value) <= 1e-7 * max(1.0, abs(self.model_value)):
