@@ -49,3 +49,14 @@ def check_pair(clean: Any, corrupt: Any) -> None:
             "length and batch size"
         )
     batch_size(clean)
+
+
+def repeat_rows(inputs: Any, k: int) -> Any:
+    """Every tensor in `inputs` repeated k times along dim 0 (variant-major: rows i*B..)."""
+    if isinstance(inputs, Tensor):
+        return inputs.repeat(k, *([1] * (inputs.ndim - 1)))
+    if isinstance(inputs, tuple | list):
+        return type(inputs)(repeat_rows(x, k) for x in inputs)
+    if isinstance(inputs, dict):
+        return {key: repeat_rows(x, k) for key, x in inputs.items()}
+    return inputs

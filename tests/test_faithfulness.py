@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import circuits as cc
-from circuits.errors import ConfigError, InputError, MetricError, ShapeMismatchError
+from circuits.errors import ConfigError, InputError, MetricError, ModelError, ShapeMismatchError
 from circuits.zoo import CORNER_CIRCUIT, INDUCTION_HEADS, corner_cnn, corner_images
 
 # -- transformers --------------------------------------------------------------------------------
@@ -275,21 +275,108 @@ def test_bad_input_raises_and_leaves_the_model_alone(induction):
         assert torch.equal(model(clean), before)
 
 
-def test_skip_edges_are_refused_with_advice():
-    class Skip(nn.Module):
+class Residual(nn.Module):
+    """A random residual block: conv1 -> relu = h; relu(bn(conv2(h)) + h) -> conv3 (stride 2) ->
+    mean -> linear. conv3 reads conv2 and, through the skip connection, conv1; the ReLU after the
+    addition mixes the two (nonlinearly) before conv3 sees them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(7)
+        self.conv1 = nn.Conv2d(2, 3, 3, padding=1)
+        self.conv2 = nn.Conv2d(3, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+        self.conv3 = nn.Conv2d(3, 2, 3, stride=2)
+        self.head = nn.Linear(2, 2)
+        self.bn.running_mean.normal_()
+        self.bn.running_var.uniform_(0.5, 2.0)
+        self.bn.weight.data.normal_()
+
+    def forward(self, x):
+        h = torch.relu(self.conv1(x))
+        return self.head(self.conv3(torch.relu(self.bn(self.conv2(h)) + h)).mean(dim=(2, 3)))
+
+
+def hand_residual(model, x, x_abl, kept):
+    """Residual's output with each channel edge summed by hand: output channel o of a conv is the
+    sum over input channels c of conv(input_c, W[o, c]), where conv3's input_c is computed from
+    conv2's and conv1's channel c, each from the ablated run unless its edge to o is kept."""
+
+    def pair(conv, o, c, inp):
+        return F.conv2d(inp[:, c : c + 1], conv.weight[o : o + 1, c : c + 1],
+                        stride=conv.stride, padding=conv.padding)  # fmt: skip
+
+    def layer(conv, inputs):  # inputs(o, c) -> the input the pair (c, o) reads
+        return torch.cat([
+            conv.bias[o] + sum(pair(conv, o, c, inputs(o, c)) for c in range(conv.in_channels))
+            for o in range(conv.out_channels)
+        ], 1)  # fmt: skip
+
+    def edge(source, name, o):
+        return (source, f"{name}[{o}]") in kept
+
+    def into1(o, c):
+        return x if edge(f"conv1:input[{c}]", "conv1", o) else x_abl
+
+    def into2(o, c):
+        return torch.relu(p1 if edge(f"conv1[{c}]", "conv2", o) else a1)
+
+    def into3(o, c):
+        branch = p2 if edge(f"conv2[{c}]", "conv3", o) else a2
+        skip = p1 if edge(f"conv1[{c}]", "conv3", o) else a1
+        return torch.relu(model.bn(branch) + torch.relu(skip))
+
+    with torch.no_grad():
+        a1 = model.conv1(x_abl)
+        a2 = model.conv2(torch.relu(a1))
+        a3 = model.conv3(torch.relu(model.bn(a2) + torch.relu(a1)))
+        p1 = layer(model.conv1, into1)
+        p2 = layer(model.conv2, into2)
+        p3 = layer(model.conv3, into3)
+        out_kept = torch.tensor([(f"conv3[{c}]", "output") in kept for c in range(2)])
+        p3 = torch.where(out_kept[None, :, None, None], p3, a3)
+        return model.head(p3.mean(dim=(2, 3)))
+
+
+def test_conv_faithfulness_across_a_skip_connection_equals_a_hand_written_edge_ablation():
+    model = Residual().eval()
+    gen = torch.Generator().manual_seed(3)
+    clean, corrupt = torch.randn(2, 4, 2, 8, 8, generator=gen)
+
+    def metric(out):
+        return out[:, 0].mean() - out[:, 1].mean()
+
+    full = cc.build_graph(cc.attribute(model, clean, corrupt, metric, method="eap"))
+    assert full.has_edge("conv1[0]", "conv3[1]")  # through the skip connection
+    assert full.number_of_edges() == 2 * 3 + 3 * 3 + 2 * (3 * 2) + 2
+    with torch.no_grad():
+        m_clean, m_corrupt = float(metric(model(clean))), float(metric(model(corrupt)))
+    assert float(metric(hand_residual(model, clean, corrupt, set(full.edges)))) == pytest.approx(
+        m_clean, abs=1e-5
+    )  # the hand forward with every edge is the model
+    rng = random.Random(4)
+    for size in (5, 12, 20, 27):
+        sub = full.edge_subgraph(rng.sample(list(full.edges), size)).copy()
+        want = (float(metric(hand_residual(model, clean, corrupt, set(sub.edges)))) - m_corrupt) / (
+            m_clean - m_corrupt
+        )
+        assert cc.faithfulness(model, sub, clean, corrupt, metric) == pytest.approx(want, abs=1e-4)
+    assert cc.hook_count(model) == 0
+
+
+def test_a_skip_connection_from_the_input_is_refused_with_advice():
+    class InputSkip(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             torch.manual_seed(0)
-            self.conv1, self.conv2, self.conv3 = (nn.Conv2d(2, 2, 3, padding=1) for _ in range(3))
+            self.conv1, self.conv2 = (nn.Conv2d(2, 2, 3, padding=1) for _ in range(2))
 
         def forward(self, x):
-            h = torch.relu(self.conv1(x))
-            return self.conv3(torch.relu(self.conv2(h)) + h).mean(dim=(1, 2, 3))
+            return self.conv2(torch.relu(self.conv1(x)) + x).mean(dim=(1, 2, 3))
 
-    model = Skip().eval()
+    model = InputSkip().eval()
     clean, corrupt = torch.randn(2, 3, 2, 6, 6, generator=torch.Generator().manual_seed(0))
     g = cc.build_graph(cc.attribute(model, clean, corrupt, lambda o: o.sum(), method="eap"))
-    assert g.has_edge("conv1[0]", "conv3[0]")  # through the skip connection
-    with pytest.raises(InputError, match="skip connection"):
+    with pytest.raises(ModelError, match="skip connection from the input"):
         cc.faithfulness(model, g, clean, corrupt, lambda o: o.sum())
     assert cc.hook_count(model) == 0

@@ -22,6 +22,7 @@ from circuits.cache import ActivationCache
 from circuits.capture import capture, run_model, scalar_metric
 from circuits.errors import ConfigError, ModelError, ShapeMismatchError
 from circuits.hooks import attach, require_fired
+from circuits.inputs import repeat_rows
 from circuits.site import Site
 from circuits.sweeps import chunks, progress_bar
 
@@ -103,17 +104,6 @@ def check_max_batch(max_batch: Any) -> int:
             f"max_batch must be a positive int (rows per forward pass), got {max_batch!r}"
         )
     return max_batch
-
-
-def repeat_rows(inputs: Any, k: int) -> Any:
-    """Every tensor in `inputs` repeated k times along dim 0 (variant-major: rows i*B..)."""
-    if isinstance(inputs, Tensor):
-        return inputs.repeat(k, *([1] * (inputs.ndim - 1)))
-    if isinstance(inputs, tuple | list):
-        return type(inputs)(repeat_rows(x, k) for x in inputs)
-    if isinstance(inputs, dict):
-        return {key: repeat_rows(x, k) for key, x in inputs.items()}
-    return inputs
 
 
 def rows(output: Any, start: int, stop: int) -> Any:

@@ -51,19 +51,18 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
+from circuits.adapters.conv_trace import INPUT, Conv, Grads, Trace, check_eval, trace
 from circuits.adapters.torch_module import module_table
 from circuits.capture import capture
 from circuits.errors import InputError, ModelError, SiteNotFoundError, closest
 from circuits.sweeps import metric_name
 
 from .common import Direction, IGPath, Metric
-from .conv_graph import INPUT, Conv, Grads, Trace, deltas, path_grads, trace
+from .conv_graph import deltas, path_grads
 from .result import AttributionResult, node_row
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 OUTPUT = "output"
-# Modules whose training mode makes a run depend on the batch it is stacked with, or on chance.
-TRAIN_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
 
 
 def conv_edges(
@@ -161,21 +160,6 @@ def conv_layers(model: nn.Module, layers: Sequence[str] | None) -> dict[str, Con
         if not isinstance(table[name], CONVS):
             raise ModelError(f"{name!r} is a {type(table[name]).__name__}, not a conv layer")
     return {name: cast(Conv, table[name]) for name in layers}
-
-
-def check_eval(model: nn.Module) -> None:
-    """Refuse batch norm and dropout in training mode: stacked runs would not be independent."""
-    training = [
-        name
-        for name, mod in model.named_modules()
-        if isinstance(mod, TRAIN_DEPENDENT) and mod.training
-    ]
-    if training:
-        raise ModelError(
-            f"{training[:3]} are in training mode: batch norm would normalise over the runs that "
-            "edge attribution stacks along the batch (and update its running statistics), "
-            "dropout would drop at random. Call model.eval() first."
-        )
 
 
 def _source_run(

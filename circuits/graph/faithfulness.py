@@ -10,9 +10,10 @@ run, so m(empty) is the corrupted run's metric and f = 1 means the circuit alone
 clean behaviour, f = 0 that it restores none of it. "mean" uses the corrupted run's mean over the
 batch (per position), "zero" zeros.
 
-Graphs of TransformerLens models (embeddings, heads, MLPs, logits: `ablate_residual`) and of
-sequential conv channels (`ablate_channels`) are covered, as `cc.attribute(method="eap" or
-"eap-ig")` builds them.
+Graphs of TransformerLens models (embeddings, heads, MLPs, logits: `ablate_residual`) and of conv
+channels, across residual connections too (`ablate_channels`), are covered, as
+`cc.attribute(method="eap" or "eap-ig")` builds them. On a conv net "mean" and "zero" ablate a
+node's value (a conv's output), and the ops between convs then act on it.
 """
 
 from __future__ import annotations
@@ -72,7 +73,9 @@ class Faithfulness:
         if ablation == "patch":
             check_pair(clean, corrupt)
         self.runner: Any = (
-            ResidualAblation(model) if is_transformer_lens(model) else ChannelAblation(model, g)
+            ResidualAblation(model)
+            if is_transformer_lens(model)
+            else ChannelAblation(model, g, clean, metric)
         )
         self.runner.keep(g, g.edges())  # a graph the runner cannot map fails here, before any run
         self.g, self.clean, self.metric, self.ablation = g, clean, metric, ablation
