@@ -6,7 +6,10 @@ same batch (target: at most 3x, ratio >= 0.33); EAP-IG with 5 steps, same refere
 patching over all 144 heads against the exact patching sweep over the same heads
 (`circuits.patching.patch`, direction "noise" like attribution patching), with the Pearson
 correlation of the two; and the same comparison on the trained induction model where its
-weights ship.
+weights ship. Then a ResNet-18-shaped conv net (batch 2 x 3 x 64 x 64): channel-edge EAP over
+every edge, skips included, against one forward + backward pass, and the edge-level faithfulness
+of its top 5% of edges (one forward pass per conv, a copy per pattern of kept senders) against one
+forward pass.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ from __future__ import annotations
 import torch
 
 import circuits as cc
+from benchmarks.resnet import resnet18
 from benchmarks.timing import best_time, row
 from circuits.attribution import attribute
+from circuits.graph.faithfulness import Faithfulness
 from circuits.metrics import cross_entropy, logit_diff
 from circuits.patching import patch
 
@@ -114,5 +119,42 @@ def induction_rows() -> list[dict[str, object]]:
     ]
 
 
+def conv_rows() -> list[dict[str, object]]:
+    torch.manual_seed(0)
+    model = resnet18(num_classes=10).eval()
+    gen = torch.Generator().manual_seed(0)
+    clean, corrupt = torch.randn(2, 2, 3, 64, 64, generator=gen)
+
+    def metric(out: torch.Tensor) -> torch.Tensor:
+        return out[:, 0].sum()
+
+    def forward_backward() -> None:
+        metric(model(clean)).backward()
+        model.zero_grad(set_to_none=True)
+
+    with torch.no_grad():
+        forward = best_time(lambda: model(clean), repeat=3)
+    reference = best_time(forward_backward, repeat=3)
+    eap = best_time(lambda: attribute(model, clean, corrupt, metric, method="eap"), repeat=3)
+    full = cc.build_graph(attribute(model, clean, corrupt, metric, method="eap"))
+    circuit = cc.prune(full, top_k=full.number_of_edges() // 20)
+    check = Faithfulness(model, full, clean, corrupt, metric)
+    score = best_time(lambda: check.score(circuit), repeat=3)
+    return [
+        row(
+            f"conv EAP, {full.number_of_edges()} channel edges / fwd+bwd, ResNet-18 shape",
+            eap,
+            reference,
+            "2 x 3 x 64 x 64, skips included; ratio = fwd+bwd / ours",
+        ),
+        row(
+            f"faithfulness, {circuit.number_of_edges()} edges / one forward, ResNet-18 shape",
+            score,
+            forward,
+            f"{len(check.runner.order)} convs; value {check.score(circuit):.2f}",
+        ),
+    ]
+
+
 def run() -> list[dict[str, object]]:
-    return gpt2_rows() + induction_rows()
+    return gpt2_rows() + induction_rows() + conv_rows()

@@ -214,24 +214,36 @@ def _per_channel(values: Tensor, ndim: int) -> Tensor:
 
 
 def patched_run(
-    model: nn.Module, inputs: Any, outputs: Mapping[str, Tensor]
+    model: nn.Module, inputs: Any, outputs: Mapping[str, Tensor], *, stop_at: str | None = None
 ) -> tuple[Any, dict[str, Tensor]]:
     """The model's output and each conv's input in a run of `inputs` whose conv outputs are
-    replaced by `outputs`."""
+    replaced by `outputs`. With `stop_at` (a conv), the pass ends once that conv's input is
+    recorded, and the output is None: the rest of the model would cost time and change nothing."""
     seen: dict[str, Tensor] = {}
 
     def put(value: Tensor) -> Any:
         return lambda act, site: value.clone()  # in-place ops downstream must not reach `value`
 
     def record(act: Tensor, site: Site) -> None:
-        seen[site.name.removesuffix(INPUT_SUFFIX)] = act.clone()
+        name = site.name.removesuffix(INPUT_SUFFIX)
+        seen[name] = act.clone()
+        if name == stop_at:
+            raise _Stop
 
     fns = {name: put(value) for name, value in outputs.items()}
     fns.update({name + INPUT_SUFFIX: record for name in outputs})
+    output = None
     with torch.no_grad(), attach(model, fns) as fired:
-        output = run_model(model, inputs)
+        try:
+            output = run_model(model, inputs)
+        except _Stop:
+            return None, seen
     require_fired(list(fns), fired)
     return output, seen
+
+
+class _Stop(Exception):
+    """Ends a `patched_run` early (raised from a hook, caught around the forward pass)."""
 
 
 def _track(inputs: Any) -> Any:

@@ -108,7 +108,7 @@ class ChannelAblation:
         held = {n: value.expand(batch, *value.shape[1:]) for n, value in held.items()}
         # each node's value in the ablated run; the input node's is the clean one (nothing feeds it)
         frozen = {n: held[n] for n in self.order}
-        values = {INPUT: patched_run(self.model, inputs, frozen)[1][self.first]}
+        values = {INPUT: patched_run(self.model, inputs, frozen, stop_at=self.first)[1][self.first]}
         for name in self.order:
             senders, conv = self.feeds[name], self.convs[name]
             code = torch.zeros(masks[name].shape[1:], dtype=torch.long)  # [c', c]: kept senders
@@ -146,7 +146,8 @@ class ChannelAblation:
         stacked = {
             n: torch.cat([c.get(n, values.get(n, held[n])) for c in copies]) for n in self.order
         }
-        moved = patched_run(self.model, repeat_rows(inputs, len(copies)), stacked)[1][name]
+        repeated = repeat_rows(inputs, len(copies))
+        moved = patched_run(self.model, repeated, stacked, stop_at=name)[1][name]
         return list(moved.split(len(moved) // len(copies)))
 
     def _channels(self, node: str) -> int:
