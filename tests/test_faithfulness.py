@@ -190,27 +190,6 @@ def hand_conv(model, x, x_abl, kept):
         return model.head(torch.relu(p2).mean(dim=(2, 3)))
 
 
-def test_conv_faithfulness_equals_a_hand_written_edge_ablation():
-    model = Stack().eval()
-    gen = torch.Generator().manual_seed(2)
-    clean, corrupt = torch.randn(2, 5, 2, 9, 9, generator=gen)
-
-    def metric(out):
-        return out[:, 0].mean() - out[:, 1].mean()
-
-    full = cc.build_graph(cc.attribute(model, clean, corrupt, metric, method="eap"))
-    assert full.number_of_edges() == 2 * 4 + 4 * 3 + 3
-    with torch.no_grad():
-        m_clean, m_corrupt = float(metric(model(clean))), float(metric(model(corrupt)))
-    rng = random.Random(1)
-    for size in (4, 10, 16):
-        sub = full.edge_subgraph(rng.sample(list(full.edges), size)).copy()
-        want = (float(metric(hand_conv(model, clean, corrupt, set(sub.edges)))) - m_corrupt) / (
-            m_clean - m_corrupt
-        )
-        assert cc.faithfulness(model, sub, clean, corrupt, metric) == pytest.approx(want, abs=1e-4)
-
-
 @pytest.mark.parametrize("method", ["eap", "eap-ig"])
 def test_discover_finds_the_corner_circuit(method):
     images, labels = corner_images(24, seed=0)
@@ -338,26 +317,32 @@ def hand_residual(model, x, x_abl, kept):
         return model.head(p3.mean(dim=(2, 3)))
 
 
-def test_conv_faithfulness_across_a_skip_connection_equals_a_hand_written_edge_ablation():
-    model = Residual().eval()
+@pytest.mark.parametrize(
+    ("net", "hand", "n_edges", "sizes"),
+    [
+        (Stack, hand_conv, 2 * 4 + 4 * 3 + 3, (4, 10, 16)),
+        # conv3 reads conv2 and, through the skip, conv1: 2 x (3 x 2) edges
+        (Residual, hand_residual, 2 * 3 + 3 * 3 + 2 * (3 * 2) + 2, (5, 12, 20, 27)),
+    ],
+)
+def test_conv_faithfulness_equals_a_hand_written_edge_ablation(net, hand, n_edges, sizes):
+    model = net().eval()
     gen = torch.Generator().manual_seed(3)
-    clean, corrupt = torch.randn(2, 4, 2, 8, 8, generator=gen)
+    clean, corrupt = torch.randn(2, 4, 2, 9, 9, generator=gen)
 
     def metric(out):
         return out[:, 0].mean() - out[:, 1].mean()
 
     full = cc.build_graph(cc.attribute(model, clean, corrupt, metric, method="eap"))
-    assert full.has_edge("conv1[0]", "conv3[1]")  # through the skip connection
-    assert full.number_of_edges() == 2 * 3 + 3 * 3 + 2 * (3 * 2) + 2
+    assert full.number_of_edges() == n_edges
     with torch.no_grad():
         m_clean, m_corrupt = float(metric(model(clean))), float(metric(model(corrupt)))
-    assert float(metric(hand_residual(model, clean, corrupt, set(full.edges)))) == pytest.approx(
-        m_clean, abs=1e-5
-    )  # the hand forward with every edge is the model
+    all_kept = float(metric(hand(model, clean, corrupt, set(full.edges))))
+    assert all_kept == pytest.approx(m_clean, abs=1e-5)  # the hand forward is the model
     rng = random.Random(4)
-    for size in (5, 12, 20, 27):
+    for size in sizes:
         sub = full.edge_subgraph(rng.sample(list(full.edges), size)).copy()
-        want = (float(metric(hand_residual(model, clean, corrupt, set(sub.edges)))) - m_corrupt) / (
+        want = (float(metric(hand(model, clean, corrupt, set(sub.edges)))) - m_corrupt) / (
             m_clean - m_corrupt
         )
         assert cc.faithfulness(model, sub, clean, corrupt, metric) == pytest.approx(want, abs=1e-4)
