@@ -6,7 +6,7 @@
 
 By default the circuit is the smallest set of top-|weight| edges whose faithfulness reaches
 `target` (0.8): edges are scored once, then the number kept is searched by doubling and bisection,
-one forward pass per step. Faithfulness need not grow with every edge added, so the circuit found
+one ablated run per step. Faithfulness need not grow with every edge added, so the circuit found
 is small rather than provably the smallest. With explicit pruning options (`threshold`, `top_k`,
 `influence`) those are applied instead and the faithfulness of the result is measured. Either way
 g.graph records the method, metric, pruning settings, ablation and faithfulness.
@@ -62,23 +62,31 @@ def discover(
     check = Faithfulness(model, full, clean, corrupt, metric, ablation)
     if any(v is not None for v in pruning.values()):
         g = prune(full, threshold=threshold, top_k=top_k, influence=influence)
+        g.graph["faithfulness"] = check.score(g)
     else:
         goal = TARGET if target is None else target
-        g = _smallest(full, check, goal)
+        g, score = _smallest(full, check, goal)
+        g.graph["faithfulness"] = score
         g.graph["thresholds"] = merge_thresholds(g.graph["thresholds"], {"target": goal})
-    g.graph["faithfulness"] = check.score(g)
     g.graph["ablation"] = ablation
     return g
 
 
-def _smallest(full: nx.DiGraph, check: Faithfulness, goal: float) -> nx.DiGraph:
-    """prune(full, top_k=k) for a small k whose faithfulness reaches `goal` (doubling, bisection);
-    the whole graph when no k reaches it."""
+def _smallest(full: nx.DiGraph, check: Faithfulness, goal: float) -> tuple[nx.DiGraph, float]:
+    """prune(full, top_k=k) for a small k whose faithfulness reaches `goal` (doubling, bisection),
+    with its faithfulness; the whole graph when no k reaches it. Each k is measured once."""
+    measured: dict[int, float] = {}
+
+    def score(k: int) -> float:
+        if k not in measured:
+            measured[k] = check.score(prune(full, top_k=k))
+        return measured[k]
+
     n = full.number_of_edges()
     lo, hi = 0, 1
-    while hi < n and check.score(prune(full, top_k=hi)) < goal:
+    while hi < n and score(hi) < goal:
         lo, hi = hi, min(2 * hi, n)
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if check.score(prune(full, top_k=mid)) >= goal else (mid, hi)
-    return prune(full, top_k=hi)
+        lo, hi = (lo, mid) if score(mid) >= goal else (mid, hi)
+    return prune(full, top_k=hi), score(hi)

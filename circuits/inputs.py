@@ -60,3 +60,14 @@ def repeat_rows(inputs: Any, k: int) -> Any:
     if isinstance(inputs, dict):
         return {key: repeat_rows(x, k) for key, x in inputs.items()}
     return inputs
+
+
+def check_gray_images(images: object, model: str) -> Tensor:
+    """`images` if it is a batch x 1 x h x w tensor, else InputError; `model` names the taker."""
+    if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 1:
+        got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise InputError(
+            f"{model} takes grayscale images of shape batch x 1 x h x w, got {got}; add the "
+            "channel axis with images.unsqueeze(1)"
+        )
+    return images

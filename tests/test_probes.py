@@ -22,6 +22,7 @@ import circuits as cc
 from circuits.errors import ConfigError, InputError, ShapeMismatchError, SiteNotFoundError
 from circuits.features import DirectionBasis
 from circuits.probes import ProbeResult, fit_probe, plot_probe_sweep, probe_sweep
+from circuits.zoo import induction
 
 
 def gaussian_classes(n: int, d: int, n_classes: int, *, sep: float, seed: int):
@@ -353,27 +354,15 @@ def test_corner_layer_holds_the_answer_and_irrelevant_channels_do_not():
     assert basis.directions[0].abs().argmax().item() == 0
 
 
-def trained_induction():
-    """The zoo's trained induction model, or None while its module or weights are missing."""
-    try:
-        from circuits.zoo import induction
-    except ImportError:
-        return None
-    if not all(hasattr(induction, n) for n in ("induction_transformer", "repeated_tokens")):
-        return None
-    weights = getattr(induction, "WEIGHTS_PATH", None)
-    return None if weights is not None and not weights.exists() else induction
-
-
 @pytest.fixture(scope="module")
 def transformer():
-    """One TransformerLens model for the file (building one takes seconds): the trained induction
-    model when the zoo ships it, else a random tiny one."""
-    induction = trained_induction()
-    if induction is not None:
-        return induction.induction_transformer()
-    zoo = pytest.importorskip("circuits.zoo.transformers")
-    return zoo.tiny_transformer(n_layers=2, d_vocab=64, n_ctx=64, seed=0)
+    """The zoo's trained induction model, one for the file (building one takes seconds)."""
+    return induction.induction_transformer()
+
+
+def seen_before(tokens: torch.Tensor) -> torch.Tensor:
+    """[n, seq] booleans: the token at each position occurred earlier in its sequence."""
+    return (tokens[:, :, None] == tokens[:, None, :]).tril(diagonal=-1).any(-1)
 
 
 @pytest.mark.transformer
@@ -396,9 +385,6 @@ def test_sweep_over_a_transformer_by_position_and_by_token(transformer):
 
 @pytest.mark.transformer
 def test_induction_model_writes_the_next_token_and_attends_to_repeats(transformer):
-    induction = trained_induction()
-    if induction is None:
-        pytest.skip("circuits.zoo.induction (with its trained weights) is not there yet")
     batch = induction.repeated_tokens(300, seed=3)
     tokens = batch.tokens
     sites = ["blocks.1.hook_resid_pre", "blocks.1.hook_resid_post", "blocks.1.attn.hook_pattern"]
@@ -414,7 +400,7 @@ def test_induction_model_writes_the_next_token_and_attends_to_repeats(transforme
     assert before.test_score <= 0.15
     # "Has this token occurred earlier in the sequence?" (labels from the tokens alone) is in
     # layer 1's attention: each head's largest attention weight from the position.
-    repeat = (tokens[:, :, None] == tokens[:, None, :]).tril(diagonal=-1).any(-1).long()
+    repeat = seen_before(tokens).long()
     peak = cache["blocks.1.attn.hook_pattern"].amax(dim=-1).transpose(1, 2)  # batch pos head
     attention = fit_probe(peak, repeat, pool="stack")
     assert attention.test_score >= 0.85
@@ -425,9 +411,6 @@ def test_induction_model_writes_the_next_token_and_attends_to_repeats(transforme
 def test_previous_token_is_linear_in_layer_1_residual_stream(transformer):
     """Known to be there by construction: the previous-token heads of layer 0 write "the token
     before me" into each position, so a 64-way probe reads it after layer 0 and not before."""
-    induction = trained_induction()
-    if induction is None:
-        pytest.skip("circuits.zoo.induction (with its trained weights) is not there yet")
     tokens = induction.repeated_tokens(200, seed=3).tokens
     sites = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"]
     cache = cc.capture(transformer, tokens, sites=sites)
@@ -477,13 +460,10 @@ def test_repeat_is_in_the_induction_heads_norm_not_a_direction(transformer):
     A sink does not change this: the same model retrained with a BOS token first scores 0.47-0.50
     here too, since nothing downstream of layer 1 would read a "repeat" direction if it wrote one.
     """
-    induction = trained_induction()
-    if induction is None:
-        pytest.skip("circuits.zoo.induction (with its trained weights) is not there yet")
     tokens = induction.repeated_tokens(300, seed=3).tokens
     sites = ["blocks.1.hook_resid_post", "blocks.1.attn.hook_z"]
     cache = cc.capture(transformer, tokens, sites=sites)
-    repeat = (tokens[:, :, None] == tokens[:, None, :]).tril(diagonal=-1).any(-1)
+    repeat = seen_before(tokens)
     valid = torch.ones_like(repeat)
     valid[:, 0] = False  # position 0 is never a repeat
     rows, cols, y = position_balanced(repeat, valid, seed=0)

@@ -198,17 +198,17 @@ def _mixing(x: Tensor, leaves: Mapping[str, Tensor]) -> list[str]:
     gen = torch.Generator(device=x.device).manual_seed(0)
     v = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
     scale = 1 + torch.rand(x.shape[1], generator=gen, device=x.device, dtype=x.dtype)
-    plain, scaled = _vjp(x, leaves, v), _vjp(x, leaves, v * _per_channel(scale, x.ndim))
+    plain, scaled = _vjp(x, leaves, v), _vjp(x, leaves, v * per_channel(scale, x.ndim))
     tol = max(1e-3, 16 * torch.finfo(x.dtype).eps)  # rounding, not mixing
     mixing = []
     for node, g in plain.items():
-        want = g * _per_channel(scale, g.ndim)
+        want = g * per_channel(scale, g.ndim)
         if not torch.allclose(scaled[node], want, rtol=tol, atol=tol * float(want.abs().max())):
             mixing.append(node)
     return mixing
 
 
-def _per_channel(values: Tensor, ndim: int) -> Tensor:
+def per_channel(values: Tensor, ndim: int) -> Tensor:
     """`values` [channel] shaped to broadcast over a [batch, channel, ...] tensor of rank ndim."""
     return values.reshape(1, -1, *[1] * (ndim - 2))
 

@@ -6,8 +6,8 @@ B_in, which the model computes from the outputs of earlier convs and from the in
 ops between convs: ReLU, batch norm in eval mode, pooling, and the additions of residual
 connections. In a sequential stack B_in comes from one conv; in a ResNet block's output the
 previous block's input arrives too, through the skip connection, so a conv feeds every conv that
-reads it along a path through no other conv of the graph. `conv_graph.trace` finds these pairs
-with autograd, on a run where each conv's output is cut from its input.
+reads it along a path through no other conv of the graph. `circuits.adapters.conv_trace.trace`
+finds these pairs with autograd, on a run where each conv's output is cut from its input.
 
 Edge A -> B. Let delta_AB be the change of B_in when A's output alone takes its source value and
 every other conv's output keeps its base value: the change path patching A -> B would make. The
@@ -61,7 +61,6 @@ from .common import Direction, IGPath, Metric
 from .conv_graph import deltas, path_grads
 from .result import AttributionResult, node_row
 
-CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 OUTPUT = "output"
 
 
@@ -142,7 +141,7 @@ def conv_layers(model: nn.Module, layers: Sequence[str] | None) -> dict[str, Con
     """The conv layers (by module path) whose channels are the graph's nodes."""
     table = module_table(model)
     if layers is None:
-        convs = {name: cast(Conv, mod) for name, mod in table.items() if isinstance(mod, CONVS)}
+        convs = {name: cast(Conv, mod) for name, mod in table.items() if isinstance(mod, Conv)}
         if not convs:
             raise ModelError(
                 f"{type(model).__name__} has no Conv1d / Conv2d / Conv3d layers and is not a "
@@ -157,7 +156,7 @@ def conv_layers(model: nn.Module, layers: Sequence[str] | None) -> dict[str, Con
     for name in layers:
         if name not in table:
             raise SiteNotFoundError(f"no module {name!r}; {closest(name, table)}")
-        if not isinstance(table[name], CONVS):
+        if not isinstance(table[name], Conv):
             raise ModelError(f"{name!r} is a {type(table[name]).__name__}, not a conv layer")
     return {name: cast(Conv, table[name]) for name in layers}
 

@@ -27,7 +27,14 @@ import networkx as nx
 import torch
 from torch import Tensor, nn
 
-from circuits.adapters.conv_trace import INPUT, Conv, check_eval, patched_run, trace
+from circuits.adapters.conv_trace import (
+    INPUT,
+    Conv,
+    check_eval,
+    patched_run,
+    per_channel,
+    trace,
+)
 from circuits.adapters.torch_module import module_table
 from circuits.errors import InputError, ModelError
 from circuits.inputs import repeat_rows
@@ -129,11 +136,11 @@ class ChannelAblation:
                 for p, x in zip(patterns, ins, strict=True)
             ]
             total = torch.stack(parts).sum(0)
-            bias = 0 if conv.bias is None else _per_channel(conv.bias, total.ndim)
+            bias = 0 if conv.bias is None else per_channel(conv.bias, total.ndim)
             values[name] = total + bias
         outputs = {n: values[n] for n in self.order}
         for n, kept in out.items():
-            outputs[n] = torch.where(_per_channel(kept.to(values[n].device), values[n].ndim),
+            outputs[n] = torch.where(per_channel(kept.to(values[n].device), values[n].ndim),
                                      values[n], held[n])  # fmt: skip
         return patched_run(self.model, inputs, outputs)[0]
 
@@ -163,10 +170,6 @@ def _grouped(mask: Tensor, conv: Conv) -> Tensor:
     first = (torch.arange(c_out) // (c_out // groups)) * per_in
     mask = mask.gather(1, first[:, None] + torch.arange(per_in)[None])
     return mask.reshape(*mask.shape, *[1] * (conv.weight.ndim - 2))
-
-
-def _per_channel(values: Tensor, ndim: int) -> Tensor:
-    return values.reshape(1, -1, *[1] * (ndim - 2))
 
 
 def _batch(inputs: Any) -> int:

@@ -29,7 +29,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from circuits.errors import ConfigError, InputError
+from circuits.errors import ConfigError
+from circuits.inputs import check_gray_images
 
 __all__ = ["CORNER_CIRCUIT", "CornerCNN", "CornerCircuit", "corner_cnn", "corner_images"]
 
@@ -100,12 +101,7 @@ class CornerCNN(nn.Module):
         self.circuit = CORNER_CIRCUIT
 
     def forward(self, images: Float[Tensor, "batch 1 h w"]) -> Float[Tensor, "batch 1"]:
-        if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 1:
-            got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-            raise InputError(
-                f"corner_cnn takes images of shape batch x 1 x h x w, got {got}; "
-                "add the channel axis with images.unsqueeze(1)"
-            )
+        check_gray_images(images, "corner_cnn")
         h = self.relu1(self.conv1(images))
         c = self.relu2(self.conv2(h))
         return self.readout(self.pool(c))

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from circuits.capture import capture
 from circuits.errors import ConfigError, InputError
+from circuits.inputs import check_gray_images
 from circuits.zoo.corner import GlobalMaxPool
 
 __all__ = [
@@ -341,11 +342,6 @@ def _check_number(
 
 
 def _check_images(images: object) -> None:
-    if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 1:
-        got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise InputError(
-            f"curve_cnn takes grayscale images of shape batch x 1 x h x w, got {got}; add the "
-            "channel axis with images.unsqueeze(1)"
-        )
-    if not images.is_floating_point():
-        raise InputError(f"curve_cnn takes float images, got dtype {images.dtype}")
+    dtype = check_gray_images(images, "curve_cnn").dtype
+    if not dtype.is_floating_point:
+        raise InputError(f"curve_cnn takes float images, got dtype {dtype}")
