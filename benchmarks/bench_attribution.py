@@ -20,7 +20,7 @@ import circuits as cc
 from benchmarks.resnet import resnet18
 from benchmarks.timing import best_time, row
 from circuits.attribution import attribute
-from circuits.graph.faithfulness import Faithfulness
+from circuits.faithfulness import Faithfulness
 from circuits.metrics import cross_entropy, logit_diff
 from circuits.patching import patch
 

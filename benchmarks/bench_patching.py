@@ -37,8 +37,9 @@ import torch
 
 import circuits as cc
 from benchmarks.timing import row
+from circuits.hooks import variants as engine
 from circuits.metrics import logit_diff
-from circuits.patching import engine, patch
+from circuits.patching import patch
 
 
 def clock() -> float:

@@ -10,10 +10,15 @@ Importing has no side effects: no model is built, no file is read, nothing is do
 
 from circuits import metrics, toy, zoo
 from circuits.attribution import AttributionResult, attribute
-from circuits.cache import ActivationCache
-from circuits.capture import capture, sites
+from circuits.capture import (
+    ActivationCache,
+    DiskCache,
+    capture,
+    capture_to_disk,
+    load_cache,
+    sites,
+)
 from circuits.discover import discover
-from circuits.disk import DiskCache, capture_to_disk, load_cache
 from circuits.errors import (
     CircuitsError,
     ConfigError,
@@ -24,13 +29,14 @@ from circuits.errors import (
     ShapeMismatchError,
     SiteNotFiredError,
     SiteNotFoundError,
+    SiteRepeatedError,
 )
+from circuits.faithfulness import faithfulness
 from circuits.features import DirectionBasis, FeatureBasis, UnitBasis
 from circuits.graph import (
     build_graph,
     build_graph_from_matrix,
     export_neuronpedia,
-    faithfulness,
     graph_frames,
     load_graph,
     plot_graph,
@@ -65,6 +71,7 @@ __all__ = [
     "Site",
     "SiteNotFiredError",
     "SiteNotFoundError",
+    "SiteRepeatedError",
     "UnitBasis",
     "__version__",
     "attribute",

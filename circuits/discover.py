@@ -19,12 +19,12 @@ from typing import Any
 import networkx as nx
 from torch import nn
 
-from circuits.attribution import attribute
-from circuits.attribution.api import EdgeMethod
+from circuits.attribution import EdgeMethod, attribute
 from circuits.errors import ConfigError
+from circuits.faithfulness import Faithfulness
 from circuits.graph import build_graph, prune
-from circuits.graph.faithfulness import Ablation, Faithfulness
 from circuits.graph.prune import merge_thresholds
+from circuits.options import Ablation
 
 TARGET = 0.8
 

@@ -46,6 +46,10 @@ class ModelError(CircuitsError, TypeError):
     """The model is of a kind this operation does not support."""
 
 
+class SiteRepeatedError(InputError, ModelError):
+    """A site ran more than once in one forward pass: the model reuses that module."""
+
+
 class SchemaError(CircuitsError, ValueError):
     """A graph or file does not follow the circuits schema."""
 

@@ -7,6 +7,10 @@ read (`metric.positions`): patching then computes the unembedding only there, wh
 vocabulary is a large share of a forward pass. A plain function works too; it is treated as reading
 every position.
 
+This module owns the metric: the protocol (`MetricFn`, any function of one run's output returning
+a scalar tensor), calling it with a check of what it returned (`metric_value`), checking a metric
+before anything runs (`check_metric`) and naming it for provenance (`metric_name`).
+
 The positions contract: a metric that declares `positions` may be handed logits whose entries at
 other positions are unspecified (patching fills them by broadcasting the computed positions), so it
 must index its positions before reducing over anything.
@@ -29,6 +33,7 @@ from circuits.errors import ConfigError, MetricError
 
 __all__ = [
     "Metric",
+    "MetricFn",
     "cross_entropy",
     "kl_div",
     "logit_diff",
@@ -38,6 +43,8 @@ __all__ = [
 ]
 
 Tokens = int | Sequence[int] | Int[Tensor, " batch"]
+MetricFn = Callable[[Any], Tensor]
+"""A metric: `metric(output) -> scalar tensor` for one run's output."""
 
 
 class Metric:
@@ -178,12 +185,38 @@ def normalised(
             f"clean_value ({clean}) and corrupt_value ({corrupt}) are equal, so there is nothing "
             "to normalise by; choose inputs on which the metric differs"
         )
-    name = getattr(metric, "name", getattr(metric, "__name__", "metric"))
 
     def fn(output: Any) -> Tensor:
         return (metric(output) - corrupt) / (clean - corrupt)
 
-    return Metric(fn, name=f"normalised({name})", positions=metric_positions(metric))
+    return Metric(fn, name=f"normalised({metric_name(metric)})", positions=metric_positions(metric))
+
+
+def check_metric(metric: Any) -> tuple[int, ...] | None:
+    """Refuse a metric that is not callable (ConfigError); return the positions it declares."""
+    if not callable(metric):
+        raise ConfigError(
+            f"metric must be a function of the model output returning a scalar tensor (see "
+            f"circuits.metrics), got {type(metric).__name__}"
+        )
+    return metric_positions(metric)
+
+
+def metric_value(metric: MetricFn, output: Any) -> Tensor:
+    """`metric(output)` as a 0-d tensor; MetricError if it is not a scalar tensor."""
+    value = metric(output)
+    if not isinstance(value, Tensor) or value.numel() != 1:
+        got = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+        raise MetricError(
+            f"the metric must return a scalar tensor, got {got}; reduce it (for example .mean()) "
+            "and return a torch tensor so gradients can flow"
+        )
+    return value.reshape(())
+
+
+def metric_name(metric: Callable[..., Any]) -> str:
+    """A metric's name for provenance: its `name` attribute, else its function name."""
+    return str(getattr(metric, "name", getattr(metric, "__name__", "metric")))
 
 
 def _check_positions(positions: Any, name: str) -> tuple[int, ...] | None:

@@ -4,20 +4,24 @@ A site name is a TransformerLens hook name (`blocks.0.attn.hook_z`) on Transform
 `named_modules()` path (`layer2.0.conv1`) on any module. A module path names the module's output;
 append `:input` (`layer2.0.conv1:input`) for its first positional input. Every site has named axes,
 so later stages select units by axis name ("head", "channel", "pos") instead of by position.
+
+A pattern with `{L}` (`blocks.{L}.attn.hook_z`) stands for one site per layer (`expand_sites`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from torch import Tensor, nn
 
 from circuits.adapters import torch_module, transformer_lens
-from circuits.errors import InputError, SiteNotFoundError, closest
+from circuits.errors import ConfigError, InputError, ModelError, SiteNotFoundError, closest
 
 INPUT_SUFFIX = ":input"
+LAYER = "{L}"
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,16 @@ class SiteRef:
     module: nn.Module
     io: Literal["output", "input"]
     known_axes: Callable[[str, int], tuple[str, ...] | None] | None = None
+    hook_point: bool = False
+
+    @property
+    def shared(self) -> bool:
+        """Whether later ops may modify this activation in place (so a kept one is a copy).
+
+        TransformerLens hook points hand on a tensor nothing modifies in place; an arbitrary
+        module's output may be (ReLU(inplace=True), `out += identity` in residual blocks).
+        """
+        return not self.hook_point
 
     def site(self, act: Tensor) -> Site:
         """The Site describing `act`, the activation seen at this site."""
@@ -85,6 +99,44 @@ def resolve(model: nn.Module, names: list[str]) -> list[SiteRef]:
                 f"no site {name!r} on {type(model).__name__}; {closest(base, known)}. "
                 "List them all with cc.sites(model, example_input)."
             )
-        axes = transformer_lens.hook_axes if tl and not is_input else None
-        refs.append(SiteRef(name, module, "input" if is_input else "output", axes))
+        point = tl and not is_input and base in hooks
+        axes = transformer_lens.hook_axes if point else None
+        refs.append(SiteRef(name, module, "input" if is_input else "output", axes, point))
     return refs
+
+
+def expand_sites(model: nn.Module, site: str | Sequence[str]) -> tuple[list[str], str | None, list]:
+    """The site names, the name of the leading result axis (None for one site) and its labels.
+
+    A name with `{L}` stands for one site per layer (axis "layer"); a list gives axis "site".
+    """
+    if isinstance(site, str):
+        if LAYER not in site:
+            return [site], None, []
+        layers = list(range(model_config(model, "n_layers")))
+        return [site.replace(LAYER, str(layer)) for layer in layers], "layer", layers
+    names = list(site)
+    if not names or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"site must be a name, a {{L}} pattern or a list of names, got {site!r}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"site lists a name twice: {names}")
+    if any(LAYER in n for n in names):
+        raise ConfigError("a {L} pattern stands for a list by itself; do not put it in a list")
+    return names, "site", names
+
+
+def model_config(model: nn.Module, key: str) -> int:
+    """An integer of a TransformerLens model's cfg (n_layers, n_heads); other models refuse."""
+    value = getattr(getattr(model, "cfg", None), key, None)
+    if not isinstance(value, int):
+        raise ModelError(
+            f"this needs a TransformerLens model (cfg.{key}); for other models list the sites "
+            "by name"
+        )
+    return value
+
+
+def layer_of(name: str) -> int | None:
+    """The block a TransformerLens site lives in (`blocks.3.attn.hook_z` -> 3), else None."""
+    found = re.match(r"blocks\.(\d+)\.", name)
+    return int(found.group(1)) if found else None

@@ -7,9 +7,14 @@ replace) the activation; the same hook engine serves both lines and any other mo
 
 from __future__ import annotations
 
+import importlib.metadata
+from collections.abc import Sequence
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
+
+from circuits.errors import ModelError
 
 # Axis names of TransformerLens activations, by the last part of the hook name and by rank.
 _RESID = ("batch", "pos", "d_model")
@@ -86,3 +91,58 @@ def hook_axes(name: str, ndim: int) -> tuple[str, ...] | None:
         if len(axes) == ndim:
             return axes
     return None
+
+
+def can_resume(model: nn.Module, inputs: Any) -> bool:
+    """A TransformerLens model (blocks, unembed) run on a [batch, pos] tensor of token ids."""
+    return (
+        getattr(model, "cfg", None) is not None
+        and isinstance(getattr(model, "blocks", None), nn.ModuleList)
+        and isinstance(getattr(model, "unembed", None), nn.Module)
+        and isinstance(inputs, Tensor)
+        and inputs.ndim == 2
+        and not inputs.is_floating_point()
+    )
+
+
+def resume(
+    model: Any, resid: Tensor, start: int, positions: Sequence[int] | None, batch: int
+) -> list[Tensor]:
+    """The logits of a pass resumed from `resid` (blocks.start.hook_resid_pre), cut into runs of
+    `batch` rows. With `positions`, the final norm and the unembedding run only there; the logits
+    keep their full shape (one position broadcast along the position axis, several placed among
+    zeros), so a metric that reads only those positions sees the right values."""
+    x = resid
+    for block in model.blocks[start:]:
+        x = block(x)
+        x = x[0] if isinstance(x, tuple) else x
+    rows, seq = x.shape[0], x.shape[1]
+    if positions is not None:
+        x = x[:, list(positions)]
+    ln_final = getattr(model, "ln_final", None)
+    if ln_final is not None:
+        x = ln_final(x)
+    logits = model.unembed(x)
+    if positions is not None and len(positions) == 1:
+        logits = logits.expand(rows, seq, logits.shape[-1])
+    elif positions is not None:
+        full = logits.new_zeros(rows, seq, logits.shape[-1])
+        index = torch.tensor(list(positions), device=logits.device)
+        logits = full.index_copy_(1, index, logits)
+    return list(logits.split(batch))
+
+
+def check_editable(model: nn.Module, names: Sequence[str]) -> None:
+    """Refuse edits at sites whose value a TransformerBridge does not read back (it computes
+    attention without them), where patching would silently do nothing."""
+    if type(model).__name__ != "TransformerBridge":
+        return
+    major = int(importlib.metadata.version("transformer-lens").split(".")[0])
+    for name in names:
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf == "hook_attn_scores" or (leaf == "hook_pattern" and major < 4):
+            raise ModelError(
+                f"a TransformerBridge computes attention without reading back edits to "
+                f"{leaf} (on this transformer-lens version), so patching {name!r} would silently "
+                "do nothing; patch hook_q / hook_k / hook_v or hook_z instead"
+            )

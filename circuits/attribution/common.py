@@ -9,7 +9,7 @@ forward pass serves several alphas at once, and hands back gradients already wei
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -18,22 +18,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from circuits.cache import ActivationCache
-from circuits.capture import capture, run_model, scalar_metric
-from circuits.errors import ConfigError, ModelError, ShapeMismatchError
-from circuits.hooks import attach, require_fired
-from circuits.inputs import repeat_rows
-from circuits.site import Site
-from circuits.sweeps import chunks, progress_bar
+from circuits.errors import ConfigError
+from circuits.hooks import run
+from circuits.inputs import repeat, split
+from circuits.loops import chunks, progress_bar
+from circuits.metrics import MetricFn, metric_value
 
 Rule = Literal[
     "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"
 ]
-Direction = Literal["noise", "denoise"]
-Metric = Callable[[Any], Tensor]
-UnitSpec = str | Sequence[str] | None
 
 DEFAULT_MAX_BATCH = 256
+POINTS = ""  # the key of the gradient with respect to the path points themselves
 
 
 @dataclass(frozen=True)
@@ -77,55 +73,14 @@ class IGPath:
         return torch.linspace(*ends, n).tolist(), [1 / n] * n
 
 
-def check_model(model: Any) -> None:
-    if not isinstance(model, nn.Module):
-        raise ModelError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-
-
-def check_metric(metric: Any) -> None:
-    if not callable(metric):
-        raise ConfigError(
-            f"metric must be a function of the model output returning a scalar tensor "
-            f"(see circuits.metrics), got {type(metric).__name__}"
-        )
-
-
-def check_direction(direction: Any) -> Direction:
-    if direction not in get_args(Direction):
-        raise ConfigError(f"direction must be 'noise' or 'denoise', got {direction!r}")
-    return direction  # type: ignore[no-any-return]
-
-
-def check_max_batch(max_batch: Any) -> int:
-    if max_batch is None:
-        return DEFAULT_MAX_BATCH
-    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-        raise ConfigError(
-            f"max_batch must be a positive int (rows per forward pass), got {max_batch!r}"
-        )
-    return max_batch
-
-
-def rows(output: Any, start: int, stop: int) -> Any:
-    """Rows start..stop of every tensor in a model output (a tensor, tuple, list or dict)."""
-    if isinstance(output, Tensor):
-        return output[start:stop]
-    if isinstance(output, tuple | list):
-        return type(output)(rows(x, start, stop) for x in output)
-    if isinstance(output, dict):
-        return {key: rows(x, start, stop) for key, x in output.items()}
-    return output
-
-
-def weighted_metric(metric: Metric, weights: Sequence[float], batch: int) -> Metric:
+def weighted_metric(metric: MetricFn, weights: Sequence[float], batch: int) -> MetricFn:
     """sum_i weights[i] * metric(rows of variant i): one backward pass weights every variant."""
 
     def fn(output: Any) -> Tensor:
-        parts = [
-            w * scalar_metric(metric, rows(output, i * batch, (i + 1) * batch))
-            for i, w in enumerate(weights)
-        ]
-        return torch.stack(parts).sum()
+        parts = split(output, len(weights), batch)
+        return torch.stack(
+            [w * metric_value(metric, p) for w, p in zip(weights, parts, strict=True)]
+        ).sum()
 
     return fn
 
@@ -137,25 +92,9 @@ def interpolate(base: Tensor, source: Tensor, alphas: Sequence[float]) -> Tensor
     return einops.rearrange(base + a * (source - base), "k b ... -> (k b) ...")
 
 
-def fold(t: Tensor, k: int) -> Tensor:
-    """Sum the k variants of a stacked [k * B, ...] tensor: [B, ...]."""
-    return einops.reduce(t, "(k b) ... -> b ...", "sum", k=k)
-
-
-def unit_axes(unit: UnitSpec, site: Site) -> tuple[str, ...]:
-    """The axes a unit spans, checked against the site: None is the whole site, "all" every axis."""
-    if unit is None:
-        return ()
-    if unit == "all":
-        return site.axes
-    axes = (unit,) if isinstance(unit, str) else tuple(unit)
-    for axis in axes:
-        if not isinstance(axis, str):
-            raise ConfigError(f"unit must name axes (strings), got {unit!r}")
-        site.axis(axis)  # InputError naming the real axes
-    if len(set(axes)) != len(axes):
-        raise ConfigError(f"unit names an axis twice: {axes}")
-    return axes
+def fold(t: Tensor, k: int, dim: int = 0) -> Tensor:
+    """Sum the k variants of a tensor stacked along `dim` ([..., k * B, ...] -> [..., B, ...])."""
+    return t.unflatten(dim, (k, -1)).sum(dim)
 
 
 def reduce_to(t: Tensor, axes: Sequence[str], keep: Sequence[str]) -> Tensor:
@@ -182,58 +121,43 @@ def path_runs(
     base: Tensor,
     source: Tensor,
     path: IGPath,
-    metric: Metric,
-    sites: Sequence[str],
+    metric: MetricFn,
+    grads: Sequence[str] = (),
+    acts: Sequence[str] = (),
     max_batch: int,
     show: bool | None,
     desc: str,
-) -> Iterator[tuple[ActivationCache | None, Tensor | None, int]]:
+) -> Iterator[tuple[dict[str, Tensor], dict[str, Tensor], int]]:
     """Gradients along the path base -> source, several path points per forward pass.
 
     Each pass stacks k points along the batch (variant-major, k * B rows). With `replace`, the
     model runs `context` (repeated k times) with that site replaced by the points; without, the
     points are the model's input. The metric of variant i is weighted by the rule's weight, so a
-    site's gradient summed over the k variants (`fold`) is that chunk's share of the path
-    integral. Yields (cache of `sites` with gradients, or None if no sites; the gradient with
-    respect to the input points when `replace` is None and no sites are asked; k).
+    gradient summed over the k variants (`fold`) is that chunk's share of the path integral.
+    Yields (gradients: at the points (key POINTS) and at each site in `grads`; activations at
+    the sites in `acts`; k).
     """
     alphas, weights = path.points()
     batch = base.shape[0]
     per_pass = max(1, max_batch // max(1, batch))
     with progress_bar(len(alphas), desc, show) as bar:
         for part in chunks(len(alphas), per_pass):
-            points = interpolate(base, source, [alphas[i] for i in part])
+            x = interpolate(base, source, [alphas[i] for i in part]).detach().requires_grad_(True)
             weighted = weighted_metric(metric, [weights[i] for i in part], batch)
-            if replace is None and not sites:
-                x = points.detach().requires_grad_(True)
-                with torch.enable_grad():
-                    value = weighted(run_model(model, x))
-                    (grad,) = torch.autograd.grad(value, [x])
-                yield None, grad, len(part)
-            elif replace is None:
-                yield (
-                    capture(model, points, sites=sites, grads=True, metric=weighted),
-                    None,
-                    len(part),
-                )
+            names = [n for n in dict.fromkeys([*grads, *acts]) if n != replace]
+            if replace is None:
+                ran = run(model, x, record=names, grad=True)
             else:
-                with attach(model, {replace: _replacer(points, replace)}) as fired:
-                    cache = capture(
-                        model, repeat_rows(context, len(part)), sites=sites, grads=True,
-                        metric=weighted,
-                    )  # fmt: skip
-                require_fired([replace], fired)
-                yield cache, None, len(part)
+                context_k = repeat(context, len(part))
+                ran = run(model, context_k, replace={replace: x}, record=names, grad=True)
+            with torch.enable_grad():
+                value = weighted(ran.output)
+            recorded = {**ran.recorded, **({replace: x} if replace else {})}  # what ran there
+            wrt = [x, *(recorded[n] for n in grads)]
+            found = torch.autograd.grad(value, wrt, allow_unused=True)
+            out = {
+                name: torch.zeros_like(t) if g is None else g
+                for name, t, g in zip([POINTS, *grads], wrt, found, strict=True)
+            }
+            yield out, {n: recorded[n].detach() for n in acts}, len(part)
             bar.update(len(part))
-
-
-def _replacer(value: Tensor, name: str) -> Callable[[Tensor, Site], Tensor]:
-    def put(act: Tensor, site: Site) -> Tensor:
-        if act.shape != value.shape:
-            raise ShapeMismatchError(
-                f"site {name!r} has shape {tuple(act.shape)} in this pass, the values put there "
-                f"{tuple(value.shape)}; the clean and corrupted runs must give it one shape"
-            )
-        return value
-
-    return put

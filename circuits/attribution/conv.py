@@ -6,7 +6,7 @@ B_in, which the model computes from the outputs of earlier convs and from the in
 ops between convs: ReLU, batch norm in eval mode, pooling, and the additions of residual
 connections. In a sequential stack B_in comes from one conv; in a ResNet block's output the
 previous block's input arrives too, through the skip connection, so a conv feeds every conv that
-reads it along a path through no other conv of the graph. `circuits.adapters.conv_trace.trace`
+reads it along a path through no other conv of the graph. `circuits.modelgraph.channels.trace`
 finds these pairs with autograd, on a run where each conv's output is cut from its input.
 
 Edge A -> B. Let delta_AB be the change of B_in when A's output alone takes its source value and
@@ -51,15 +51,17 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from circuits.adapters.conv_trace import INPUT, Conv, Grads, Trace, check_eval, trace
 from circuits.adapters.torch_module import module_table
 from circuits.capture import capture
 from circuits.errors import InputError, ModelError, SiteNotFoundError, closest
-from circuits.sweeps import metric_name
+from circuits.ids import NodeId, node_row
+from circuits.metrics import MetricFn, metric_name
+from circuits.modelgraph.channels import INPUT, Conv, Grads, Trace, check_eval, trace
+from circuits.options import Direction
 
-from .common import Direction, IGPath, Metric
+from .common import IGPath
 from .conv_graph import deltas, path_grads
-from .result import AttributionResult, node_row
+from .result import AttributionResult
 
 OUTPUT = "output"
 
@@ -68,7 +70,7 @@ def conv_edges(
     model: nn.Module,
     clean: Any,
     corrupt: Any,
-    metric: Metric,
+    metric: MetricFn,
     *,
     path: IGPath | None,
     direction: Direction,
@@ -162,7 +164,7 @@ def conv_layers(model: nn.Module, layers: Sequence[str] | None) -> dict[str, Con
 
 
 def _source_run(
-    model: nn.Module, source: Any, graph: Trace, metric: Metric
+    model: nn.Module, source: Any, graph: Trace, metric: MetricFn
 ) -> tuple[dict[str, Tensor], dict[str, Tensor], float]:
     """Node values (INPUT: the first conv's input), conv inputs and the metric on the source run."""
     sites = {name: f"{name}:input" for name in graph.order}
@@ -209,22 +211,22 @@ def _blocks(names: Sequence[str], sizes: Sequence[int]) -> dict[str, slice]:
 def _nodes(graph: Trace) -> tuple[list[str], list[str], list[dict]]:
     """Source keys, target keys and node rows; activation: a channel's mean on the base run."""
     first = f"{graph.order[0]}:input"
-    src = [f"{first}[{c}]" for c in range(graph.values[INPUT].shape[1])]
+    inputs = [NodeId(first, c) for c in range(graph.values[INPUT].shape[1])]
     nodes = [
-        node_row(key, "input", first, unit=c, activation=mean)
-        for c, (key, mean) in enumerate(zip(src, _channel_means(graph.values[INPUT]), strict=True))
+        node_row(node, "input", activation=mean)
+        for node, mean in zip(inputs, _channel_means(graph.values[INPUT]), strict=True)
     ]
     tgt = []
     for i, name in enumerate(graph.order):
         means = _channel_means(graph.values[name])
-        keys = [f"{name}[{c}]" for c in range(len(means))]
+        channels = [NodeId(name, c) for c in range(len(means))]
         nodes += [
-            node_row(key, "channel", name, layer=i, unit=c, activation=mean)
-            for c, (key, mean) in enumerate(zip(keys, means, strict=True))
+            node_row(node, "channel", layer=i, activation=mean)
+            for node, mean in zip(channels, means, strict=True)
         ]
-        tgt += keys
-    nodes.append(node_row(OUTPUT, "output", "", label="output"))
-    return src + tgt, [*tgt, OUTPUT], nodes
+        tgt += [str(n) for n in channels]
+    nodes.append(node_row(NodeId(OUTPUT), "output", site="", label="output"))
+    return [str(n) for n in inputs] + tgt, [*tgt, OUTPUT], nodes
 
 
 def _channel_means(act: Tensor) -> list[float]:

@@ -1,5 +1,5 @@
 """EAP-IG's integrated gradients and each node's direct change at each conv's input, on the
-channel graph of a conv net (`circuits.adapters.conv_trace`).
+channel graph of a conv net (`circuits.modelgraph.channels`).
 
 * `path_grads` sums the metric's gradients (direct and total, as `trace` gives them) over the
   points of an integration path.
@@ -17,19 +17,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from circuits.adapters.conv_trace import (
-    INPUT,
-    Conv,
-    Grads,
-    Trace,
-    backward,
-    cut_run,
-    patched_run,
-)
-from circuits.inputs import repeat_rows
-from circuits.sweeps import chunks, progress_bar
+from circuits.inputs import repeat
+from circuits.loops import chunks, progress_bar
+from circuits.metrics import MetricFn
+from circuits.modelgraph.channels import INPUT, Conv, Grads, Trace, backward, cut_run, patched_run
 
-from .common import IGPath, Metric, fold, interpolate, weighted_metric
+from .common import IGPath, fold, interpolate, weighted_metric
 
 
 def path_grads(
@@ -37,7 +30,7 @@ def path_grads(
     base: Tensor,
     source: Tensor,
     convs: Mapping[str, Conv],
-    metric: Metric,
+    metric: MetricFn,
     *,
     path: IGPath,
     max_batch: int,
@@ -96,7 +89,7 @@ def deltas(
             name: torch.cat([source_values[name] if s == name else value for s in group])
             for name, value in frozen.items()
         }
-        _, moved = patched_run(model, repeat_rows(base, len(group)), stacked)
+        _, moved = patched_run(model, repeat(base, len(group)), stacked)
         for i, node in enumerate(group):
             for conv in graph.shared(node):
                 out[node, conv] = moved[conv][i * batch : (i + 1) * batch] - graph.inputs[conv]

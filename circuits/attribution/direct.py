@@ -23,7 +23,7 @@ or only `target_pos`); a source feature's effect sums over all its positions.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -31,15 +31,16 @@ import torch
 from torch import Tensor, nn
 
 from circuits.adapters.transformer_lens import hook_axes, hook_table, is_transformer_lens
-from circuits.capture import Index, run_model, select
+from circuits.capture import Index, select
 from circuits.errors import ConfigError, InputError
 from circuits.features import FeatureBasis, UnitBasis
-from circuits.hooks import attach, require_fired
+from circuits.hooks import HookFn, Ran, require_fired, require_once, run
+from circuits.ids import NodeId, node_row
+from circuits.loops import progress_bar
 from circuits.site import Site
-from circuits.sweeps import progress_bar
 
-from .common import check_model
-from .result import AttributionResult, layer_of, node_row
+from .methods import DirectEffects
+from .result import AttributionResult, layer_of
 
 log = logging.getLogger(__name__)
 
@@ -48,34 +49,18 @@ NONLINEAR = ("hook_q", "hook_k", "hook_pattern", "hook_attn_scores", "hook_scale
              "hook_rot_k")  # fmt: skip
 
 
-def direct_effects(
-    model: nn.Module,
-    inputs: Any,
-    *,
-    source: FeatureBasis,
-    target: FeatureBasis,
-    target_pos: Index | None = None,
-    freeze: Sequence[str] | None = None,
-    progress: bool | None = None,
-) -> AttributionResult:
+def score_direct(model: nn.Module, inputs: Any, cfg: DirectEffects) -> AttributionResult:
     """Direct effects of each source feature on each target feature in the linearised model.
 
-    source, target: feature bases whose `site` names where they live (UnitBasis, DirectionBasis,
-        e.g. a probe's directions); the target must lie after the source.
-    target_pos: positions of the target read (None: all).
-    freeze: sites held at their clean values (gradients stopped); None: a TransformerLens model's
-        hook_q, hook_k, hook_scale and mlp.hook_post everywhere. Other models must name them.
-    progress: show a tqdm bar over the target features (None: only on a terminal).
     Returns scores [source feature (+ error), target feature] with `extras["rest"]`.
     """
-    check_model(model)
-    src_basis, src_site = _basis(source, "source")
-    tgt_basis, tgt_site = _basis(target, "target")
+    src_basis, src_site = _basis(cfg.source, "source")
+    tgt_basis, tgt_site = _basis(cfg.target, "target")
     if src_site == tgt_site:
         raise ConfigError(
             f"source and target are both at {src_site!r}; a site has no direct effect on itself"
         )
-    frozen = _frozen(model, freeze)
+    frozen = _frozen(model, cfg.freeze)
     if src_site.rsplit(".", 1)[-1] in NONLINEAR:
         raise ConfigError(
             f"the source {src_site!r} only acts through attention patterns or normalisation "
@@ -88,7 +73,9 @@ def direct_effects(
             "nonlinearity (mlp.hook_pre for MLP neurons)"
         )
     with _python_norms(model):
-        return _direct_effects(model, inputs, src_basis, tgt_basis, frozen, target_pos, progress)
+        return _direct_effects(
+            model, inputs, src_basis, tgt_basis, frozen, cfg.target_pos, cfg.progress
+        )
 
 
 def _direct_effects(
@@ -96,24 +83,20 @@ def _direct_effects(
     frozen: list[str], target_pos: Index | None, progress: bool | None,
 ) -> AttributionResult:  # fmt: skip
     src_site, tgt_site = str(src_basis.site), str(tgt_basis.site)
-    stored: dict[str, list[Tensor]] = {}
-    seen: dict[str, Any] = {}
+    leaf: dict[str, Tensor] = {}
 
     def read_source(act: Tensor, site: Site) -> Tensor:
-        seen.setdefault("order", []).append("source")
-        seen["source"] = leaf = act.detach().requires_grad_(True)
-        return leaf
+        leaf["s"] = act.detach().requires_grad_(True)
+        return leaf["s"]
 
-    def read_target(act: Tensor, site: Site) -> None:
-        seen.setdefault("order", []).append("target")
-        seen["target"], seen["target_site"] = act, site
-
+    held: dict[str, list[Tensor]] = {}  # every call's value (a block's ln1 runs once per q/k/v)
+    ran = _run(model, inputs, {n: _hold(held.setdefault(n, [])) for n in frozen},
+               {src_site: read_source}, tgt_site, grad=True)  # fmt: skip
+    s, site = leaf["s"], ran.sites[tgt_site]
     with torch.enable_grad():
-        _run(model, inputs, {n: _record(n, stored) for n in frozen},
-             {src_site: read_source, tgt_site: read_target})  # fmt: skip
-    s, site = seen["source"], seen["target_site"]
-    t = _activation(tgt_basis, seen["target"], site, target_pos)
-    if seen["order"][0] == "target" or not t.requires_grad:
+        t = _activation(tgt_basis, ran.recorded[tgt_site], site, target_pos)
+    order = list(ran.sites)
+    if order.index(tgt_site) < order.index(src_site) or not t.requires_grad:
         raise ConfigError(
             f"the target {tgt_site!r} does not depend on the source {src_site!r} in the "
             "linearised model; the target must come after the source"
@@ -131,13 +114,13 @@ def _direct_effects(
             scores[:k_s, j] = _per_feature(coeffs * back, src_basis.dim, k_s)
             scores[k_s, j] = (grad * error).sum()
             bar.update(1)
-    rest = _rest(model, inputs, frozen, stored, src_site, tgt_site, tgt_basis, target_pos)
+    rest = _rest(model, inputs, held, src_site, tgt_site, tgt_basis, target_pos)
     src_rows, src_keys = _feature_nodes(
         src_basis, src_site, s, _per_feature(coeffs, src_basis.dim, k_s)
     )
-    tgt_rows, tgt_keys = _feature_nodes(tgt_basis, tgt_site, seen["target"], t.detach())
-    error_key = f"{src_site}[error]"
-    error_row = node_row(error_key, "error", src_site, label=f"{src_site} error",
+    tgt_rows, tgt_keys = _feature_nodes(tgt_basis, tgt_site, ran.recorded[tgt_site], t.detach())
+    error_key = str(NodeId(src_site, error=True))
+    error_row = node_row(NodeId(src_site, error=True), "error", label=f"{src_site} error",
                          activation=float(error.norm()))  # fmt: skip
     result = AttributionResult(
         scores=scores.detach(),
@@ -208,53 +191,50 @@ def _frozen(model: nn.Module, freeze: Sequence[str] | None) -> list[str]:
     return frozen_sites(model)
 
 
-def _record(name: str, stored: dict[str, list[Tensor]]) -> Callable[[Tensor, Site], Tensor]:
+def _hold(calls: list[Tensor]) -> HookFn:
+    """Freeze a site at its own value, call by call, gradient stopped; keep each for replay."""
+
     def fn(act: Tensor, site: Site) -> Tensor:
-        stored.setdefault(name, []).append(act.detach())
-        return act.detach()
+        calls.append(act.detach())
+        return calls[-1]
 
     return fn
 
 
-def _replay(name: str, stored: dict[str, list[Tensor]]) -> Callable[[Tensor, Site], Tensor]:
-    calls = iter(stored.get(name, []))
+def _replay(calls: list[Tensor]) -> HookFn:
+    """Put back a site's values from a `_hold` run, one per call, in order."""
+    it = iter(calls)
 
     def fn(act: Tensor, site: Site) -> Tensor:
-        value = next(calls, None)
+        value = next(it, None)
         if value is None:
-            raise InputError(f"site {name!r} ran more often than in the clean run")
+            raise InputError(f"site {site.name!r} ran more often than in the clean run")
         return value
 
     return fn
 
 
-def _run(model: nn.Module, inputs: Any, outer: dict[str, Any], inner: dict[str, Any]) -> None:
-    """One forward pass with `outer` hooks registered first (they run first on a shared site)."""
-    with attach(model, outer) as fired_outer, attach(model, inner) as fired:
-        run_model(model, inputs)
-    require_fired(outer, fired_outer)
-    require_fired(inner, fired)
-    repeated = [name for name in inner if fired[name] > 1]
-    if repeated:
-        raise ConfigError(
-            f"site(s) {repeated} run more than once per pass; pick sites that run once"
-        )
+def _run(
+    model: nn.Module, inputs: Any, frozen: dict[str, HookFn], inner: dict[str, HookFn],
+    target: str, *, grad: bool = False,
+) -> Ran:  # fmt: skip
+    """One pass with frozen sites (which may run several times) and `inner` sites and the
+    target (each exactly once); the target's activation is recorded."""
+    ran = run(model, inputs, replace={**frozen, **inner}, record=[target], grad=grad, calls="any")
+    require_fired(list(frozen), ran.fired)
+    require_once([*inner, target], ran.fired)
+    return ran
 
 
 def _rest(
-    model: nn.Module, inputs: Any, frozen: list[str], stored: dict[str, list[Tensor]],
-    src_site: str, tgt_site: str, basis: FeatureBasis, target_pos: Index | None,
+    model: nn.Module, inputs: Any, held: dict[str, list[Tensor]], src_site: str, tgt_site: str,
+    basis: FeatureBasis, target_pos: Index | None,
 ) -> Tensor:  # fmt: skip
     """Target activations of the linearised model with the source set to zero (a real run)."""
-    seen: dict[str, Any] = {}
-
-    def read(act: Tensor, site: Site) -> None:
-        seen["t"] = _activation(basis, act, site, target_pos)
-
-    with torch.no_grad():
-        _run(model, inputs, {n: _replay(n, stored) for n in frozen},
-             {src_site: lambda a, s: torch.zeros_like(a), tgt_site: read})  # fmt: skip
-    return seen["t"]  # type: ignore[no-any-return]
+    frozen = {n: _replay(calls) for n, calls in held.items()}
+    zero = {src_site: lambda a, s: torch.zeros_like(a)}
+    ran = _run(model, inputs, frozen, zero, tgt_site)
+    return _activation(basis, ran.recorded[tgt_site], ran.sites[tgt_site], target_pos)
 
 
 def _activation(basis: FeatureBasis, act: Tensor, site: Site, target_pos: Index | None) -> Tensor:
@@ -291,10 +271,10 @@ def _feature_nodes(
         units = list(basis.units) if basis.units is not None else units
     rows, keys = [], []
     for i, unit in enumerate(units):
-        key = f"{site}[{unit}]"
-        rows.append(node_row(key, kind, site, layer=layer_of(site), unit=unit,
-                             label=basis.labels[i], activation=float(activation[i])))  # fmt: skip
-        keys.append(key)
+        node = NodeId(site, unit)
+        rows.append(node_row(node, kind, layer=layer_of(site), label=basis.labels[i],
+                             activation=float(activation[i])))  # fmt: skip
+        keys.append(str(node))
     return rows, keys
 
 

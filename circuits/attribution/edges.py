@@ -23,28 +23,27 @@ position embeddings (ModelError).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import einops
 import torch
 from torch import Tensor, nn
 
-from circuits.adapters.residual import ResidualGraph, norm_params, norm_vjp
-from circuits.cache import ActivationCache
 from circuits.capture import capture
-from circuits.sweeps import metric_name
+from circuits.metrics import MetricFn, metric_name
+from circuits.modelgraph.residual import ResidualGraph, norm_params, norm_vjp
+from circuits.options import Direction
 
-from .common import Direction, IGPath, Metric, path_runs
-from .result import AttributionResult, node_row
-
-LOGITS = "logits"
+from .common import IGPath, fold, path_runs
+from .result import AttributionResult
 
 
 def transformer_edges(
     model: nn.Module,
     clean: Any,
     corrupt: Any,
-    metric: Metric,
+    metric: MetricFn,
     *,
     path: IGPath | None,
     direction: Direction,
@@ -59,18 +58,17 @@ def transformer_edges(
     run = capture(model, base, sites=sites if path is None else g.sender_sites, grads=path is None,
                   metric=metric)  # fmt: skip
     diffs = g.sender_diffs(src, run)
-    scores = torch.zeros(g.n_senders, g.n_receivers, dtype=diffs.dtype, device=diffs.device)
+    scores = torch.zeros(len(g.senders), len(g.receivers), dtype=diffs.dtype, device=diffs.device)
     if path is None:
-        g.score(run, 1, diffs, scores)
+        g.score(run.grads, run, 1, diffs, scores)
     else:
         resid = g.embed
-        for cache, _, k in path_runs(
+        for grads, acts, k in path_runs(
             model, base, replace=resid, base=run[resid], source=src[resid], path=path,
-            metric=metric, sites=[*g.grad_sites, *g.act_sites], max_batch=max_batch,
+            metric=metric, grads=g.grad_sites, acts=g.act_sites, max_batch=max_batch,
             show=progress, desc="EAP-IG",
         ):  # fmt: skip
-            assert cache is not None
-            g.score(cache, k, diffs, scores)
+            g.score(grads, acts, k, diffs, scores)
     scores = scores.masked_fill(~g.valid.to(scores.device), float("nan"))
     base_value, source_value = float(run.metric or 0.0), float(src.metric or 0.0)
     clean_value, corrupt_value = (
@@ -88,23 +86,16 @@ def transformer_edges(
         total=scores[0].nansum().reshape(1),
         expected=torch.tensor([source_value - base_value], device=scores.device),
         node_table=tuple(g.node_rows(run)),
-        receivers=g.receiver_map(),
+        receivers=g.input_of,
     )
 
 
 class _Graph(ResidualGraph):
-    """The nodes of one TransformerLens model and how to score the edges between them.
-
-    Senders: those of `ResidualGraph`. Receivers: per layer the heads' queries, keys and values
-    (head-major within each), its MLP input; then the logits.
-    """
+    """The residual-stream graph of one model and how to score the edges between its nodes:
+    the sites whose gradients (and activations, for the norms' Jacobians) the scores read."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model, "edge attribution")
-        self.per_layer = self.n_heads + int(self.mlp)
-        self.n_senders = len(self.sender_keys)
-        self.recv_per_layer = 3 * self.n_heads + int(self.mlp)
-        self.n_receivers = self.n_layers * self.recv_per_layer + 1
         layers = range(self.n_layers)
         self.grad_sites = [f"blocks.{ly}.attn.hook_{p}" for ly in layers for p in "qkv"]
         self.grad_sites += [f"blocks.{ly}.mlp.hook_pre" for ly in layers] if self.mlp else []
@@ -112,92 +103,50 @@ class _Graph(ResidualGraph):
         self.act_sites = [f"blocks.{ly}.hook_resid_pre" for ly in layers] if self.norm else []
         if self.norm and self.mlp:
             self.act_sites += [f"blocks.{ly}.hook_resid_mid" for ly in layers]
-        self.valid = self._valid()
 
     def _attn(self, layer: int, name: str) -> Tensor:
         return getattr(self.model.blocks[layer].attn, name).detach()  # type: ignore[no-any-return]
 
-    @property
-    def receiver_keys(self) -> list[str]:
-        keys = []
-        for ly in range(self.n_layers):
-            keys += [f"blocks.{ly}.hook_{p}_input[{h}]" for p in "qkv" for h in range(self.n_heads)]
-            keys += [f"blocks.{ly}.hook_mlp_in"] if self.mlp else []
-        return [*keys, LOGITS]
-
-    def receiver_map(self) -> dict[str, tuple[str, str]]:
-        """Receiver key -> (the graph node it is an input of, which input)."""
-        out = {}
-        for ly in range(self.n_layers):
-            for p in "qkv":
-                for h in range(self.n_heads):
-                    out[f"blocks.{ly}.hook_{p}_input[{h}]"] = (f"blocks.{ly}.attn.hook_z[{h}]", p)
-            if self.mlp:
-                out[f"blocks.{ly}.hook_mlp_in"] = (f"blocks.{ly}.hook_mlp_out", "mlp")
-        return out
-
-    def node_rows(self, run: ActivationCache) -> list[dict[str, Any]]:
-        """Graph nodes; activation: the norm of the node's output on the base run."""
-        rows = [node_row(self.embed, "input", self.embed, label="embed",
-                         activation=float(run[self.embed].norm()))]  # fmt: skip
-        for ly in range(self.n_layers):
-            site = f"blocks.{ly}.attn.hook_z"
-            norms = self.sender_outputs(site, run[site]).flatten(1).norm(dim=1).tolist()
-            rows += [
-                node_row(f"{site}[{h}]", "head", site, layer=ly, unit=h, label=f"a{ly}.h{h}",
-                         activation=norms[h])
-                for h in range(self.n_heads)
-            ]  # fmt: skip
-            if self.mlp:
-                site = f"blocks.{ly}.hook_mlp_out"
-                rows.append(node_row(site, "mlp", site, layer=ly, label=f"m{ly}",
-                                     activation=float(run[site].norm())))  # fmt: skip
-        rows.append(node_row(LOGITS, "output", self.last, label="logits"))
-        return rows
-
-    def _valid(self) -> Tensor:
-        """valid[s, r]: sender s writes to the residual stream before receiver r reads it."""
-        valid = torch.zeros(self.n_senders, self.n_receivers, dtype=torch.bool)
-        for ly in range(self.n_layers):
-            start = ly * self.recv_per_layer
-            valid[: 1 + ly * self.per_layer, start : start + 3 * self.n_heads] = True
-            if self.mlp:
-                valid[: 1 + ly * self.per_layer + self.n_heads, start + 3 * self.n_heads] = True
-        valid[:, -1] = True
-        return valid
-
     # -- scores ----------------------------------------------------------------------------
-    def sender_diffs(self, src: ActivationCache, run: ActivationCache) -> Tensor:
+    def sender_diffs(self, src: Mapping[str, Tensor], run: Mapping[str, Tensor]) -> Tensor:
         """[sender, batch, pos, d_model]: each sender's output, source run minus base run."""
         return torch.cat([self.sender_outputs(s, src[s] - run[s]) for s in self.sender_sites])
 
-    def score(self, cache: ActivationCache, k: int, diffs: Tensor, scores: Tensor) -> None:
-        """Add diffs . (receiver gradients of one pass, its k variants summed) into `scores`."""
+    def score(
+        self,
+        grads: Mapping[str, Tensor],
+        acts: Mapping[str, Tensor],
+        k: int,
+        diffs: Tensor,
+        scores: Tensor,
+    ) -> None:
+        """Add diffs . (receiver gradients of one pass, its k variants summed) into `scores`;
+        `acts` holds the residual stream before each norm (the norms' Jacobians)."""
         blocks = self.model.blocks
         for ly in range(self.n_layers):
             start = ly * self.recv_per_layer
             senders = 1 + ly * self.per_layer
-            resid = cache.get(f"blocks.{ly}.hook_resid_pre")
+            resid = acts.get(f"blocks.{ly}.hook_resid_pre")
             for i, p in enumerate("qkv"):
-                grad = cache.grads[f"blocks.{ly}.attn.hook_{p}"]
+                grad = grads[f"blocks.{ly}.attn.hook_{p}"]
                 cot = einops.einsum(
                     grad, self._attn(ly, f"W_{p.upper()}"), "b s h e, h d e -> h b s d"
                 )
                 cot = self._through_norm(cot, resid, blocks[ly].ln1)
                 cols = slice(start + i * self.n_heads, start + (i + 1) * self.n_heads)
-                scores[:senders, cols] += _dot(diffs[:senders], _fold(cot, k))
+                scores[:senders, cols] += _dot(diffs[:senders], fold(cot, k, dim=1))
             if self.mlp:
-                grad = cache.grads[f"blocks.{ly}.mlp.hook_pre"]
+                grad = grads[f"blocks.{ly}.mlp.hook_pre"]
                 w_in = blocks[ly].mlp.W_in.detach()
                 cot = einops.einsum(grad, w_in, "b s m, d m -> b s d")[None]
                 cot = self._through_norm(
-                    cot, cache.get(f"blocks.{ly}.hook_resid_mid"), blocks[ly].ln2
+                    cot, acts.get(f"blocks.{ly}.hook_resid_mid"), blocks[ly].ln2
                 )
                 col = start + 3 * self.n_heads
                 n = senders + self.n_heads
-                scores[:n, col : col + 1] += _dot(diffs[:n], _fold(cot, k))
-        last = cache.grads[f"blocks.{self.n_layers - 1}.hook_resid_post"][None]
-        scores[:, -1:] += _dot(diffs, _fold(last, k))
+                scores[:n, col : col + 1] += _dot(diffs[:n], fold(cot, k, dim=1))
+        last = grads[f"blocks.{self.n_layers - 1}.hook_resid_post"][None]
+        scores[:, -1:] += _dot(diffs, fold(last, k, dim=1))
 
     def _through_norm(self, cot: Tensor, x: Tensor | None, module: nn.Module) -> Tensor:
         """Carry cotangents [r, rows, pos, d] on a norm's output back to its input x."""
@@ -206,11 +155,6 @@ class _Graph(ResidualGraph):
         assert x is not None
         weight = norm_params(module, self.norm)[0]
         return norm_vjp(x, cot, weight, centre=self.norm.startswith("LN"), eps=self.eps)
-
-
-def _fold(t: Tensor, k: int) -> Tensor:
-    """[r, k * B, ...] -> [r, B, ...]: sum the k variants of a pass."""
-    return einops.reduce(t, "r (k b) ... -> r b ...", "sum", k=k)
 
 
 def _dot(diffs: Tensor, grads: Tensor) -> Tensor:

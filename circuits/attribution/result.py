@@ -26,8 +26,9 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from circuits import sweeps
+from circuits import site as sites
 from circuits.errors import ConfigError, InputError
+from circuits.ids import NodeId, node_row
 
 NODE_COLUMNS = ("key", "kind", "site", "layer", "pos", "unit", "activation", "label")
 OUTPUT_KEY = "metric"
@@ -204,42 +205,24 @@ def unit_node(
     site: str, axes: tuple[str, ...], index: tuple[int, ...], *, activation: float
 ) -> dict[str, Any]:
     """The node row of one unit: position and spatial axes become pos / h / w, the first other
-    axis the unit index, and any further axes (batch, ...) a `#axis=i` suffix of the key."""
+    axis the unit index, and any further axes (batch, ...) named items of the key."""
     where = dict(zip(axes, index, strict=True))
-    pos, h, w = where.pop("pos", -1), where.pop("h", -1), where.pop("w", -1)
+    pos = where.pop("pos", -1)
+    h, w = (where.pop("h"), where.pop("w")) if "h" in where and "w" in where else (-1, -1)
     rest = list(where.items())
     unit = rest[0][1] if rest else -1
-    key = site + (f"[{unit}]" if unit >= 0 else "")
-    key += f"@{h},{w}" if h >= 0 or w >= 0 else (f"@{pos}" if pos >= 0 else "")
-    key += "".join(f"#{axis}={i}" for axis, i in rest[1:])
-    unit_axis = rest[0][0] if rest else None
-    row = {
-        "key": key,
-        "kind": node_kind(site, unit_axis),
-        "site": site,
-        "layer": layer_of(site),
-        "pos": int(pos),
-        "unit": int(unit),
-        "activation": float(activation),
-        "label": key,
-    }
-    if h >= 0 or w >= 0:
-        row.update(h=int(h), w=int(w))
-    return row
+    node = NodeId(site, int(unit), pos=int(pos), h=int(h), w=int(w), named=tuple(rest[1:]))
+    return node_row(
+        node,
+        node_kind(site, rest[0][0] if rest else None),
+        layer=layer_of(site),
+        activation=float(activation),
+    )
 
 
 def output_node(metric: str) -> dict[str, Any]:
     """The metric as the graph's output node."""
-    return {
-        "key": OUTPUT_KEY,
-        "kind": "output",
-        "site": "",
-        "layer": -1,
-        "pos": -1,
-        "unit": -1,
-        "activation": math.nan,
-        "label": metric,
-    }
+    return node_row(NodeId(OUTPUT_KEY), "output", site="", label=metric)
 
 
 def node_kind(site: str, unit_axis: str | None) -> str:
@@ -260,22 +243,5 @@ def node_kind(site: str, unit_axis: str | None) -> str:
 
 def layer_of(site: str) -> int:
     """The block index of a TransformerLens site name, or -1 (the graph schema's "none")."""
-    found = sweeps.layer_of(site)
+    found = sites.layer_of(site)
     return -1 if found is None else found
-
-
-def node_row(
-    key: str, kind: str, site: str, *, layer: int = -1, unit: int = -1, label: str = "",
-    activation: float = math.nan,
-) -> dict[str, Any]:  # fmt: skip
-    """A node row with schema types (pos -1: all positions)."""
-    return {
-        "key": key,
-        "kind": kind,
-        "site": site,
-        "layer": int(layer),
-        "pos": -1,
-        "unit": int(unit),
-        "activation": float(activation),
-        "label": label or key,
-    }

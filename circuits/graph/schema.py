@@ -8,7 +8,8 @@ breaks it.
 Nodes
 -----
 Keys are non-empty strings. `node_key(site, unit, pos=..., h=..., w=...)` makes the readable,
-stable form used by the builders: the site, then ``[unit]``, then ``@pos`` or ``@h,w``::
+stable form used by the builders (`circuits.ids.NodeId` formats and parses it): the site, then
+``[unit]`` (or ``[error]``, ``[axis=i]``), then ``@pos`` or ``@h,w``::
 
     blocks.1.attn.hook_z[2]@5      head 2 of layer 1's attention, position 5
     layer2.0.conv1[7]@3,4          channel 7 of a conv layer at spatial location (3, 4)
@@ -62,6 +63,7 @@ from typing import Any, cast
 import networkx as nx
 
 from circuits.errors import SchemaError
+from circuits.ids import NodeId
 
 SCHEMA_VERSION = "1.0"
 
@@ -151,17 +153,11 @@ def node_key(site: str, unit: int = -1, *, pos: int = -1, h: int = -1, w: int = 
     """The readable, stable key of a node: ``site[unit]@pos`` or ``site[unit]@h,w``.
 
     Parts that are -1 (none) are left out, so a whole site at all positions is just its name.
+    The format is `circuits.ids.NodeId`'s; `NodeId.parse(key)` reads it back.
     """
     if not isinstance(site, str) or not site:
         raise SchemaError(f"node_key needs a non-empty site name, got {site!r}")
-    key = site
-    if int(unit) >= 0:
-        key += f"[{int(unit)}]"
-    if int(h) >= 0 or int(w) >= 0:
-        key += f"@{int(h)},{int(w)}"
-    elif int(pos) >= 0:
-        key += f"@{int(pos)}"
-    return key
+    return str(NodeId(site, int(unit), pos=int(pos), h=int(h), w=int(w)))
 
 
 def parse_version(version: object) -> tuple[int, ...]:

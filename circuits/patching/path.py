@@ -23,25 +23,26 @@ default; pass `freeze=[...]` to name the sites to hold at their base value.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from jaxtyping import Num
 from torch import Tensor, nn
 
-from circuits.adapters.transformer_lens import hook_table, is_transformer_lens
-from circuits.capture import capture, scalar_metric
+from circuits.adapters.transformer_lens import check_editable, hook_table, is_transformer_lens
+from circuits.capture import capture
 from circuits.errors import ConfigError
+from circuits.hooks.variants import BaseRun, Budget, SitePatch, base_run
 from circuits.inputs import check_pair
-from circuits.site import Site
-from circuits.sweeps import chunks, layer_of, metric_name, progress_bar
+from circuits.loops import chunks, progress_bar
+from circuits.metrics import MetricFn, check_metric, metric_name, metric_value
+from circuits.options import Direction, check_choice, configure
+from circuits.site import Site, layer_of, resolve
+from circuits.units import index_mask
 
-from .activation import Direction
-from .common import BaseRun, Budget, base_run, check_metric, check_sites, start_layer
-from .engine import DEFAULT_MEMORY, SitePatch
+from .nodes import OUTPUT, Node, as_node
 from .result import PatchingResult
-from .spec import OUTPUT, Node, as_node, node_mask
 
 _ATTN = re.compile(r"blocks\.(\d+)\.(attn\.|ln1\.|hook_(q|k|v)_input|hook_attn_(in|out))")
 _MLP = re.compile(r"blocks\.(\d+)\.(mlp\.|ln2\.|hook_mlp_(in|out))")
@@ -51,16 +52,14 @@ def path_patch(
     model: nn.Module,
     clean: Num[Tensor, "batch ..."] | Any,
     corrupt: Num[Tensor, "batch ..."] | Any,
-    metric: Callable[[Any], Tensor],
+    metric: MetricFn,
     *,
     senders: Sequence[Any],
     receivers: Sequence[Any],
     direction: Direction = "denoise",
     freeze: Sequence[str] | None = None,
-    max_batch: int | None = None,
-    memory: int = DEFAULT_MEMORY,
-    fast: bool = True,
-    progress: bool | None = None,
+    budget: Budget | None = None,
+    **budget_options: Any,
 ) -> PatchingResult:
     """The metric with each sender -> receiver path patched: a [sender, receiver] result.
 
@@ -71,12 +70,11 @@ def path_patch(
         patching) or "noise" (run clean, senders from corrupt, as in the IOI paper).
     freeze: the sites held at their base value in the sender pass; None: every head (hook_z) and
         MLP (hook_mlp_out) of a TransformerLens model, nothing on other models.
-    max_batch, memory, fast, progress: as for `patch`.
+    budget (or its fields as keywords: max_batch, memory, fast, progress): as for `patch`.
     """
-    budget = Budget(max_batch=max_batch, memory=memory, fast=fast, progress=progress)
+    budget = configure(Budget, budget, budget_options)
     check_metric(metric)
-    if direction not in ("denoise", "noise"):
-        raise ConfigError(f"direction must be 'denoise' or 'noise', got {direction!r}")
+    check_choice(direction, Direction, "direction")
     check_pair(clean, corrupt)
     send = [as_node(s) for s in _listed(senders, "senders")]
     recv = [as_node(r, receiver=True) for r in _listed(receivers, "receivers")]
@@ -87,15 +85,14 @@ def path_patch(
     recv_sites = list(dict.fromkeys(n.site for n in recv if n.site != OUTPUT))
     to_output = any(n.site == OUTPUT for n in recv)
     frozen = _freeze_sites(model, freeze, send_sites, recv_sites, to_output)
-    check_sites(model, list(dict.fromkeys([*send_sites, *recv_sites, *frozen])))
+    every = list(dict.fromkeys([*send_sites, *recv_sites, *frozen]))
+    resolve(model, every)
+    check_editable(model, every)
 
     base, source = (corrupt, clean) if direction == "denoise" else (clean, corrupt)
     src = capture(model, source, sites=send_sites, metric=metric)
-    every = list(dict.fromkeys([*send_sites, *recv_sites, *frozen]))
-    run = base_run(
-        model, base, metric, sites=every, layers=[layer_of(n) for n in every], budget=budget
-    )
-    k = max(1, run.rows // run.batch)
+    run = base_run(model, base, metric, sites=every, budget=budget)
+    k = run.per_pass
     values = torch.full((len(send), len(recv)), torch.nan)
     n_pairs = len(send) * (len(recv) + 1) - len(send) * int(to_output)
     with progress_bar(n_pairs, "path patching", budget.progress, unit="patch") as bar:
@@ -123,7 +120,7 @@ def _sender_pass(
     recv: list[Node],
     frozen: list[str],
     src: Any,
-    metric: Callable[[Any], Tensor],
+    metric: MetricFn,
     values: Tensor,
     k: int,
     bar: Any,
@@ -138,29 +135,27 @@ def _sender_pass(
         layers = [layer_of(n.site) for n in group]
         lo = None if None in layers else min(ly for ly in layers if ly is not None)
         held = [f for f in frozen if not _before(layer_of(f), lo)]  # earlier: nothing to hold
-        start = start_layer(run.runner, [*(n.site for n in group), *recv_sites, *held])
+        start = run.runner.start([*(n.site for n in group), *recv_sites, *held])
+        stop_after = None
         if start is not None and stop is not None:  # a pass that stops after the receivers
             held = [f for f in held if (layer_of(f) or 0) < stop]
+            stop_after = f"blocks.{stop - 1}.hook_resid_post"
         patches: dict[str, list[SitePatch]] = {}
         for site in held:  # freeze first, so a sender at a frozen site overrides it
-            info = run.cache.sites[site]
-            patches[site] = [SitePatch(_freeze_mask(info, group), run.cache[site])]
+            info = run.sites[site]
+            patches[site] = [SitePatch(_freeze_mask(info, group), run.acts[site])]
         for site in dict.fromkeys(n.site for n in group):
-            info = run.cache.sites[site]
+            info = run.sites[site]
             mask = _stack([_mask_if(info, n, n.site == site) for n in group])
             patches.setdefault(site, []).append(SitePatch(mask, src[site]))
         outs, rec = run.runner.forward(
-            len(part),
-            patches,
-            start=start,
-            stop=stop if start is not None else None,
-            record=recv_sites,
+            len(part), patches, start=start, stop_after=stop_after, record=recv_sites
         )
         for site in recv_sites:
             kept[site].append(rec[site])
         if out_cols and outs is not None:
             for i, out in zip(part, outs, strict=True):
-                values[i, out_cols] = scalar_metric(metric, out).detach().float().cpu()
+                values[i, out_cols] = metric_value(metric, out).detach().float().cpu()
         bar.update(len(part) * max(1, len(out_cols)))
     return {site: torch.cat(parts) for site, parts in kept.items()}
 
@@ -170,27 +165,27 @@ def _receiver_pass(
     send: list[Node],
     recv: list[Node],
     recorded: dict[str, Tensor],
-    metric: Callable[[Any], Tensor],
+    metric: MetricFn,
     values: Tensor,
     k: int,
     bar: Any,
 ) -> None:
     """Pass 2: a receiver takes its pass-1 value for one sender; the metric is the path's."""
     for site, acts in recorded.items():
-        info = run.cache.sites[site]
+        info = run.sites[site]
         pairs = [(i, j) for j, n in enumerate(recv) if n.site == site for i in range(len(send))]
         for part in chunks(len(pairs), k):
             chosen = [pairs[p] for p in part]
-            mask = _stack([node_mask(info, recv[j].index) for _, j in chosen])
+            mask = _stack([index_mask(info, recv[j].index) for _, j in chosen])
             source = acts[[i for i, _ in chosen]]
             outs, _ = run.runner.forward(
                 len(part),
                 {site: [SitePatch(mask, source, per_variant=True)]},
-                start=start_layer(run.runner, [site]),
+                start=run.runner.start([site]),
             )
             assert outs is not None  # a pass without `stop` returns outputs
             for (i, j), out in zip(chosen, outs, strict=True):
-                values[i, j] = scalar_metric(metric, out).detach().float().cpu()
+                values[i, j] = metric_value(metric, out).detach().float().cpu()
             bar.update(len(part))
 
 
@@ -254,7 +249,7 @@ def _freeze_mask(site: Site, group: list[Node]) -> Tensor:
 
 
 def _mask_if(site: Site, sender: Node, here: bool) -> Tensor:
-    mask = node_mask(site, sender.index)
+    mask = index_mask(site, sender.index)
     return mask if here else torch.zeros_like(mask)
 
 

@@ -18,8 +18,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from circuits.adapters.torch_module import generic_axes
-from circuits.cache import ActivationCache
-from circuits.capture import Index, capture, select, site_list
+from circuits.capture import ActivationCache, Index, capture, select, site_list
 from circuits.errors import ConfigError, InputError, ShapeMismatchError
 from circuits.probes.data import Labels, Layout, Pool, as_tensor, to_matrix
 from circuits.probes.fit import Kind, ProbeConfig, fit_matrix

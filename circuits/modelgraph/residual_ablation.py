@@ -1,6 +1,6 @@
 """Edge ablation on a TransformerLens model: run it with only a graph's edges carrying their value.
 
-The model is the residual-stream graph of edge attribution (`circuits.adapters.residual`):
+The model is the residual-stream graph of edge attribution (`circuits.modelgraph.residual`):
 senders (the embeddings, each head's output z_h @ W_O[h], each MLP's output) add into the residual
 stream, receivers (each head's query, key and value, each MLP, the logits) read it. Each receiver
 reads its own copy of the residual stream in which every sender it has no graph edge from is
@@ -25,10 +25,9 @@ import networkx as nx
 import torch
 from torch import Tensor, nn
 
-from circuits.adapters.residual import ResidualGraph, norm_forward, norm_params
-from circuits.capture import run_model
 from circuits.errors import InputError
-from circuits.hooks import HookFn, hooks
+from circuits.hooks import HookFn, run
+from circuits.modelgraph.residual import LOGITS, ResidualGraph, norm_forward, norm_params
 from circuits.site import Site
 
 
@@ -37,43 +36,30 @@ class ResidualAblation(ResidualGraph):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model, "edge-level faithfulness")
-        layers = range(self.n_layers)
-        heads = [f"blocks.{ly}.attn.hook_z[{h}]" for ly in layers for h in range(self.n_heads)]
-        mlps = [f"blocks.{ly}.hook_mlp_out" for ly in layers] if self.mlp else []
-        self.receivers = [*heads, *mlps, "logits"]
+        heads = [n for n in self.senders if n.unit >= 0]
+        mlps = [n for n in self.senders if n.site.endswith("hook_mlp_out")]
+        self.ablation_receivers = [*heads, *mlps, LOGITS]
 
     def keep(self, g: nx.DiGraph, edges: Iterable[tuple[str, str]]) -> Tensor:
         """keep[s, r]: the edge sender s -> receiver r is kept (`edges` are keys of g's nodes)."""
-        send = {k: i for i, k in enumerate(self.sender_keys)}
-        recv = {k: i for i, k in enumerate(self.receivers)}
-        place = {key: self._place(key, attrs) for key, attrs in g.nodes(data=True)}
-        keep = torch.zeros(len(self.sender_keys), len(self.receivers), dtype=torch.bool)
+        send = {n: i for i, n in enumerate(self.senders)}
+        recv = {n: i for i, n in enumerate(self.ablation_receivers)}
+        place = {key: self.graph_node(key, attrs) for key, attrs in g.nodes(data=True)}
+        keep = torch.zeros(len(self.senders), len(self.ablation_receivers), dtype=torch.bool)
         for u, v in edges:
-            if place[u] not in send or place[v] not in recv:
+            a, b = place[u], place[v]
+            if a not in send or b not in recv:
                 raise InputError(
                     f"the edge {u!r} -> {v!r} does not run from a sender (embeddings, head, MLP) "
                     "to a receiver (head, MLP, logits) of this model's residual stream"
                 )
-            keep[send[place[u]], recv[place[v]]] = True
+            if self.order(a) >= self.order(b):
+                raise InputError(
+                    f"the edge {u!r} -> {v!r} runs backwards: {u!r} writes to the residual stream "
+                    f"after {v!r} reads it, so no such edge exists in this model"
+                )
+            keep[send[a], recv[b]] = True
         return keep
-
-    def _place(self, key: str, attrs: dict[str, Any]) -> str:
-        """The sender or receiver key of graph node `key`, from its kind, site and unit."""
-        kind, site, unit = attrs.get("kind"), attrs.get("site"), attrs.get("unit", -1)
-        if kind == "input" and site == self.embed:
-            return self.embed
-        if kind == "head" and site in self.sender_sites and 0 <= unit < self.n_heads:
-            return f"{site}[{unit}]"
-        if kind == "mlp" and site in self.sender_sites:
-            return str(site)
-        if kind == "output":
-            return "logits"
-        raise InputError(
-            f"node {key!r} ({kind} at {site!r}, unit {unit}) is not a node of this model's "
-            "residual-stream graph: edge-level faithfulness on a transformer takes graphs of "
-            "embeddings, heads, MLPs and logits at all positions, as cc.attribute(method='eap' or "
-            "'eap-ig') builds them"
-        )
 
     def run(self, inputs: Any, ablated: dict[str, Tensor], keep: Tensor) -> Any:
         """The model's output on `inputs` with every edge outside `keep` ablated."""
@@ -113,8 +99,7 @@ class ResidualAblation(ResidualGraph):
                     slice(col, col + 1), f"blocks.{ly}.hook_resid_mid", self._mlp(ly)
                 )
         fns[self.last] = _chain(record, reader(slice(-1, None), self.last, _resid))
-        with torch.no_grad(), hooks(self.model, fns, strict=False):
-            return run_model(self.model, inputs)
+        return run(self.model, inputs, replace=fns).output
 
     def _qkv(self, layer: int, p: str) -> Any:
         block = self.model.blocks[layer]

@@ -10,29 +10,31 @@ run, so m(empty) is the corrupted run's metric and f = 1 means the circuit alone
 clean behaviour, f = 0 that it restores none of it. "mean" uses the corrupted run's mean over the
 batch (per position), "zero" zeros.
 
-Graphs of TransformerLens models (embeddings, heads, MLPs, logits: `ablate_residual`) and of conv
-channels, across residual connections too (`ablate_channels`), are covered, as
+Graphs of TransformerLens models (embeddings, heads, MLPs, logits:
+`circuits.modelgraph.residual_ablation`) and of conv channels, across residual connections too
+(`circuits.modelgraph.channel_ablation`), are covered, as
 `cc.attribute(method="eap" or "eap-ig")` builds them. On a conv net "mean" and "zero" ablate a
 node's value (a conv's output), and the ops between convs then act on it.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import Any
 
 import networkx as nx
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from circuits.adapters.transformer_lens import is_transformer_lens
-from circuits.capture import capture, scalar_metric
-from circuits.errors import ConfigError, MetricError
-from circuits.graph.ablate_channels import ChannelAblation
-from circuits.graph.ablate_residual import ResidualAblation
+from circuits.capture import ablation_values, capture
+from circuits.errors import MetricError
 from circuits.graph.schema import validate
-from circuits.inputs import check_pair
+from circuits.inputs import batch_size, check_pair
+from circuits.metrics import metric_value
+from circuits.modelgraph.channel_ablation import ChannelAblation
+from circuits.modelgraph.residual_ablation import ResidualAblation
+from circuits.options import Ablation, check_choice
 
-Ablation = Literal["patch", "mean", "zero"]
+ABLATIONS = ("patch", "mean", "zero")
 
 
 def faithfulness(
@@ -69,8 +71,7 @@ class Faithfulness:
         self, model: nn.Module, g: nx.DiGraph, clean: Any, corrupt: Any, metric: Any,
         ablation: Ablation = "patch",
     ) -> None:  # fmt: skip
-        if ablation not in get_args(Ablation):
-            raise ConfigError(f"ablation must be one of {get_args(Ablation)}, got {ablation!r}")
+        check_choice(ablation, ABLATIONS, "ablation")
         if ablation == "patch":
             check_pair(clean, corrupt)
         self.runner: Any = (
@@ -80,8 +81,10 @@ class Faithfulness:
         )
         self.runner.keep(g, g.edges())  # a graph the runner cannot map fails here, before any run
         self.g, self.clean, self.metric, self.ablation = g, clean, metric, ablation
-        base = capture(model, clean, sites=self.runner.sender_sites, metric=metric)
-        self.ablated = _ablated(model, self.runner.sender_sites, base, corrupt, ablation)
+        sites = self.runner.sender_sites
+        base = capture(model, clean, sites=sites, metric=metric)
+        reference = base if ablation == "zero" else capture(model, corrupt, sites=sites)
+        self.ablated = ablation_values(reference, ablation, batch=batch_size(clean))
         self.model_value = float(base.metric or 0.0)
         self.empty_value = self._value(self.runner.keep(g, []))
         if abs(self.model_value - self.empty_value) <= 1e-7 * max(1.0, abs(self.model_value)):
@@ -99,16 +102,4 @@ class Faithfulness:
         return (value - self.empty_value) / (self.model_value - self.empty_value)
 
     def _value(self, keep: Any) -> float:
-        return float(scalar_metric(self.metric, self.runner.run(self.clean, self.ablated, keep)))
-
-
-def _ablated(
-    model: nn.Module, sites: list[str], base: Any, corrupt: Any, ablation: str
-) -> dict[str, Tensor]:
-    """The value each sender site takes where its edges are ablated."""
-    if ablation == "zero":
-        return {name: torch.zeros_like(base[name]) for name in sites}
-    run = capture(model, corrupt, sites=sites)
-    if ablation == "mean":
-        return {name: run[name].mean(0, keepdim=True) for name in sites}
-    return {name: run[name] for name in sites}
+        return float(metric_value(self.metric, self.runner.run(self.clean, self.ablated, keep)))

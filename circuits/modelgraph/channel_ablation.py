@@ -1,6 +1,6 @@
 """Edge ablation on a conv net's channel graph: run it with only a graph's edges carrying value.
 
-The graph is the channel graph of conv edge attribution (`circuits.adapters.conv_trace`): the
+The graph is the channel graph of conv edge attribution (`circuits.modelgraph.channels`): the
 input node's channels, each conv's output channels, the output. A conv B reads its input B_in,
 which the ops between convs compute channel by channel from the nodes that feed B directly: one
 node in a sequential stack, more where skip connections meet. Output channel c' of B is the sum
@@ -27,17 +27,10 @@ import networkx as nx
 import torch
 from torch import Tensor, nn
 
-from circuits.adapters.conv_trace import (
-    INPUT,
-    Conv,
-    check_eval,
-    patched_run,
-    per_channel,
-    trace,
-)
 from circuits.adapters.torch_module import module_table
 from circuits.errors import InputError, ModelError
-from circuits.inputs import repeat_rows
+from circuits.inputs import repeat
+from circuits.modelgraph.channels import INPUT, Conv, check_eval, patched_run, per_channel, trace
 
 Keep = tuple[dict[str, Tensor], dict[str, Tensor]]
 """Per conv, keep[feeding node, c', c] (the edge node[c] -> conv[c'] is kept); per node feeding
@@ -153,7 +146,7 @@ class ChannelAblation:
         stacked = {
             n: torch.cat([c.get(n, values.get(n, held[n])) for c in copies]) for n in self.order
         }
-        repeated = repeat_rows(inputs, len(copies))
+        repeated = repeat(inputs, len(copies))
         moved = patched_run(self.model, repeated, stacked, stop_at=name)[1][name]
         return list(moved.split(len(moved) // len(copies)))
 

@@ -1,19 +1,17 @@
-"""The batched patching engine: many patched variants of one input share a forward pass.
+"""Many patched variants of one input in one forward pass, and the unpatched base run they share.
 
 The base input (B examples) is repeated k times along the batch, so rows i*B .. (i+1)*B - 1 are
 variant i. A hook on each patched site views its activation as [k, B, ...] and writes, in one
 `torch.where`, variant i's patch: a bool mask over the activation (its unit) and a source (another
-run's activation, an ablation value, or a per-variant tensor). Every hook goes through
-`circuits.hooks.attach`, so none outlives the call. The output is cut back into k outputs, one per
-variant, and the metric is applied to each.
+run's activation, an ablation value, or a per-variant tensor). Every pass goes through
+`circuits.hooks.run`. The output is cut back into k outputs, one per variant.
 
 Resume (TransformerLens models with token inputs): a patch inside block L cannot change anything
 before it, so a variant starts from the base run's cached `blocks.L.hook_resid_pre` and runs only
 blocks L.., and when the metric declares the positions it reads, the final LayerNorm and the
-unembedding run only there. The logits handed to the metric keep their full shape: with one
-position the computed column is broadcast along the position axis (no copy), with several the other
-positions are zero. Before first use the resumed pass is checked against the base run's output; a
-model on which it does not reproduce the full forward falls back to full passes.
+unembedding run only there (`circuits.adapters.transformer_lens.resume`). Before first use the
+resumed pass is checked against the base run's output; a model on which it does not reproduce the
+full forward falls back to full passes.
 """
 
 from __future__ import annotations
@@ -27,11 +25,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from circuits.capture import run_model
-from circuits.hooks import attach, require_fired
-from circuits.site import Site
-
-from .spec import repeat_input, split_output
+from circuits.adapters.transformer_lens import can_resume, resume
+from circuits.errors import ConfigError
+from circuits.hooks.run import run
+from circuits.inputs import batch_size, repeat, split
+from circuits.metrics import MetricFn, check_metric, metric_value
+from circuits.options import positive_int
+from circuits.site import Site, layer_of
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,6 @@ class Runner:
         self.batch = batch
         self.resid = dict(resid or {})
         seq = base.shape[1] if isinstance(base, Tensor) and base.ndim >= 2 else None
-        self.seq = seq
         self.positions = (
             None
             if positions is None or seq is None
@@ -82,7 +81,7 @@ class Runner:
             return False
         try:
             with torch.no_grad():
-                (out,) = self._resume(1, layer, None)
+                (out,) = resume(self.model, self.resid[layer], layer, self.positions, self.batch)
         except Exception as err:  # a capability probe: any failure means "use full passes"
             log.info("resumed forward unavailable (%s); running full forward passes", err)
             return False
@@ -97,34 +96,33 @@ class Runner:
         self.resumable = ok
         return ok
 
+    def start(self, names: Sequence[str]) -> int | None:
+        """The block to resume from for a pass that touches `names` (None: a full pass)."""
+        layers = [layer_of(n) for n in names]
+        if not self.resumable or not layers or None in layers:
+            return None
+        return min(ly for ly in layers if ly is not None)
+
     def forward(
         self,
         k: int,
         patches: Mapping[str, Sequence[SitePatch]],
         *,
         start: int | None = None,
-        stop: int | None = None,
+        stop_after: str | None = None,
         record: Sequence[str] = (),
     ) -> tuple[list[Any] | None, dict[str, Tensor]]:
         """Run k variants; returns their outputs (None when stopped early) and recordings.
 
-        start: resume from this block (needs `enable_resume`); stop: end before this block and
-        return no output. record: sites whose activation (before this call's patches) is kept,
-        as [k, B, ...].
+        start: resume from this block (ignored unless `enable_resume` succeeded); stop_after: end
+        the pass once that site has run. record: sites whose activation (before this call's
+        patches) is kept, as [k, B, ...].
         """
-        recorded: dict[str, Tensor] = {}
         batch = self.batch
 
-        def make(name: str) -> Any:
-            mine = list(patches.get(name, ()))
-            keep = name in record
-
-            def fn(act: Tensor, site: Site) -> Tensor | None:
+        def make(mine: Sequence[SitePatch]) -> Any:
+            def fn(act: Tensor, site: Site) -> Tensor:
                 stacked = act.reshape(k, batch, *act.shape[1:])
-                if keep:
-                    recorded[name] = stacked.detach().clone()
-                if not mine:
-                    return None
                 for p in mine:
                     src = p.source.to(act.device, act.dtype)
                     src = src if p.per_variant else src.unsqueeze(0)
@@ -133,51 +131,109 @@ class Runner:
 
             return fn
 
-        names = list(dict.fromkeys([*patches, *record]))
-        resume = start is not None and self.resumable
-        with attach(self.model, {n: make(n) for n in names}) as fired, torch.no_grad():
-            if start is not None and self.resumable:
-                outputs = self._resume(k, start, stop)
-            else:
-                out = run_model(self.model, repeat_input(self.base, k))
-                outputs = split_output(out, k, batch)
-        require_fired(names, fired)
-        return (None if resume and stop is not None else outputs), recorded
-
-    def _resume(self, k: int, start: int, stop: int | None) -> list[Tensor]:
-        model: Any = self.model
-        x = repeat_input(self.resid[start], k)
-        for block in model.blocks[start:stop]:
-            x = block(x)
-            x = x[0] if isinstance(x, tuple) else x
-        if stop is not None:
-            return []
-        rows, seq = x.shape[0], x.shape[1]
-        if self.positions is not None:
-            x = x[:, self.positions]
-        ln_final = getattr(model, "ln_final", None)
-        if ln_final is not None:
-            x = ln_final(x)
-        logits = model.unembed(x)
-        if self.positions is not None and len(self.positions) == 1:
-            logits = logits.expand(rows, seq, logits.shape[-1])
-        elif self.positions is not None:
-            full = logits.new_zeros(rows, seq, logits.shape[-1])
-            index = torch.tensor(self.positions, device=logits.device)
-            logits = full.index_copy_(1, index, logits)
-        return list(logits.split(self.batch))
+        forward = None
+        if start is not None and self.resumable:
+            x = repeat(self.resid[start], k)
+            forward = lambda: resume(self.model, x, start, self.positions, batch)  # noqa: E731
+        ran = run(
+            self.model,
+            repeat(self.base, k),
+            replace={name: make(mine) for name, mine in patches.items() if mine},
+            record=record,
+            stop_after=stop_after,
+            forward=forward,
+        )
+        recorded = {n: t.reshape(k, batch, *t.shape[1:]) for n, t in ran.recorded.items()}
+        if ran.output is None:
+            return None, recorded
+        outputs = ran.output if forward is not None else split(ran.output, k, batch)
+        return outputs, recorded
 
 
-def can_resume(model: nn.Module, inputs: Any) -> bool:
-    """A TransformerLens model (blocks, unembed) run on a [batch, pos] tensor of token ids."""
-    return (
-        getattr(model, "cfg", None) is not None
-        and isinstance(getattr(model, "blocks", None), nn.ModuleList)
-        and isinstance(getattr(model, "unembed", None), nn.Module)
-        and isinstance(inputs, Tensor)
-        and inputs.ndim == 2
-        and not inputs.is_floating_point()
+@dataclass(frozen=True)
+class Budget:
+    """How many variants share a forward pass, and whether to resume from a cached layer.
+
+    max_batch: rows (variants x batch) per forward pass; None picks it from `memory` (bytes).
+    fast: resume from the cached residual stream before the patched block and compute logits only
+    at the positions the metric declares (TransformerLens models); False runs every variant through
+    the whole model. progress: show a tqdm bar (None: only on a terminal).
+    """
+
+    max_batch: int | None = None
+    memory: int = DEFAULT_MEMORY
+    fast: bool = True
+    progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        positive_int(self.max_batch, "max_batch", allow_none=True)
+        if isinstance(self.memory, bool) or not isinstance(self.memory, int) or self.memory < 1:
+            raise ConfigError(f"memory must be a positive number of bytes, got {self.memory!r}")
+
+
+@dataclass
+class BaseRun:
+    """The unpatched run the variants start from: activations and sites, metric value, runner,
+    and how many rows (variants x batch) one pass may hold."""
+
+    acts: dict[str, Tensor]
+    sites: dict[str, Site]
+    value: float
+    runner: Runner
+    rows: int
+
+    @property
+    def batch(self) -> int:
+        return self.runner.batch
+
+    @property
+    def per_pass(self) -> int:
+        """Variants per forward pass."""
+        return max(1, self.rows // self.batch)
+
+
+def base_run(
+    model: nn.Module,
+    base: Any,
+    metric: MetricFn,
+    *,
+    sites: Sequence[str],
+    budget: Budget,
+) -> BaseRun:
+    """Run the base input once, keeping `sites` (and the residual stream before each block they
+    live in, for resuming), the metric and the output; set up the runner and the chunk size."""
+    positions = check_metric(metric)
+    layers = [layer_of(n) for n in sites]
+    blocks = sorted({ly for ly in layers if ly is not None})
+    resume_ok = budget.fast and bool(blocks) and None not in layers and can_resume(model, base)
+    resid = [f"blocks.{ly}.hook_resid_pre" for ly in blocks] if resume_ok else []
+    ran = run(model, base, record=list(dict.fromkeys([*sites, *resid])))
+    value = float(metric_value(metric, ran.output))
+    batch = batch_size(base)
+    runner = Runner(
+        model,
+        base,
+        batch=batch,
+        positions=positions,
+        resid={ly: ran.recorded[f"blocks.{ly}.hook_resid_pre"] for ly in blocks}
+        if resume_ok
+        else None,
     )
+    if resume_ok:
+        runner.enable_resume(ran.output, max(blocks))
+    rows = rows_per_pass(
+        model,
+        base,
+        batch=batch,
+        output_row=row_numel(ran.output, batch),
+        site_row=max((row_numel(ran.recorded[n], batch) for n in sites), default=1),
+        positions=runner.positions,
+        resume=runner.resumable,
+        max_batch=budget.max_batch,
+        memory=budget.memory,
+    )
+    sites_seen = {n: ran.sites[n] for n in ran.recorded}
+    return BaseRun(ran.recorded, sites_seen, value, runner, rows)
 
 
 def rows_per_pass(

@@ -2,7 +2,7 @@
 the metric's gradients at every node. Edge attribution and edge ablation on conv nets build on it.
 
 Nodes are the outputs of the graph's convs and the first conv's input (the input node, key
-`INPUT`). Every pass goes through `circuits.hooks.attach`, so no hook outlives it.
+`INPUT`). Every pass goes through `circuits.hooks.run`, so no hook outlives it.
 
 `trace` runs the model once with every conv's output cut into a fresh leaf tensor (`cut_run`):
 each conv's input is then a function of the leaves of earlier convs (and of the input node)
@@ -16,20 +16,19 @@ conv output held fixed), and, swept back conv by conv, its total gradient at eac
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from circuits.capture import run_model, scalar_metric
 from circuits.errors import ModelError
-from circuits.hooks import attach, require_fired
+from circuits.hooks import run
+from circuits.metrics import MetricFn, metric_value
 from circuits.site import INPUT_SUFFIX, Site
 
 Conv = nn.Conv1d | nn.Conv2d | nn.Conv3d
-Metric = Callable[[Any], Any]  # model output -> scalar tensor
 # Modules whose training mode makes a run depend on the batch it is stacked with, or on chance.
 TRAIN_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
 INPUT = ""  # the input node's key among the nodes (conv names are never empty)
@@ -74,7 +73,7 @@ class Run:
     value: Tensor
 
 
-def trace(model: nn.Module, inputs: Any, convs: Mapping[str, Conv], metric: Metric) -> Trace:
+def trace(model: nn.Module, inputs: Any, convs: Mapping[str, Conv], metric: MetricFn) -> Trace:
     """The graph, base values and EAP gradients from one cut run on `inputs` (the base run)."""
     run = cut_run(model, inputs, convs, metric)
     grads, feeds = backward(run)
@@ -92,7 +91,7 @@ def trace(model: nn.Module, inputs: Any, convs: Mapping[str, Conv], metric: Metr
     )
 
 
-def cut_run(model: nn.Module, inputs: Any, convs: Mapping[str, Conv], metric: Metric) -> Run:
+def cut_run(model: nn.Module, inputs: Any, convs: Mapping[str, Conv], metric: MetricFn) -> Run:
     """Run with every conv's output replaced by a leaf, the metric's graph kept for `backward`."""
     nodes: dict[str, Tensor] = {}
     real: dict[str, Tensor] = {}
@@ -125,15 +124,9 @@ def cut_run(model: nn.Module, inputs: Any, convs: Mapping[str, Conv], metric: Me
     for name in convs:
         fns[name + INPUT_SUFFIX] = enter(name)
         fns[name] = leave(name)
-    with attach(model, fns) as fired, torch.enable_grad():
-        value = scalar_metric(metric, run_model(model, _track(inputs)))
-    require_fired(list(fns), fired)
-    repeated = {name: fired[name] for name in convs if fired[name] > 1}
-    if repeated:
-        raise ModelError(
-            f"conv layer(s) ran more than once in one forward pass: {repeated}. A reused conv "
-            "is not one set of channel nodes; leave it out with layers=[...]"
-        )
+    output = run(model, _track(inputs), replace=fns, grad=True).output
+    with torch.enable_grad():
+        value = metric_value(metric, output)
     return Run(nodes, real, ins, value)
 
 
@@ -219,31 +212,22 @@ def patched_run(
     """The model's output and each conv's input in a run of `inputs` whose conv outputs are
     replaced by `outputs`. With `stop_at` (a conv), the pass ends once that conv's input is
     recorded, and the output is None: the rest of the model would cost time and change nothing."""
-    seen: dict[str, Tensor] = {}
 
     def put(value: Tensor) -> Any:
         return lambda act, site: value.clone()  # in-place ops downstream must not reach `value`
 
-    def record(act: Tensor, site: Site) -> None:
-        name = site.name.removesuffix(INPUT_SUFFIX)
-        seen[name] = act.clone()
-        if name == stop_at:
-            raise _Stop
-
-    fns = {name: put(value) for name, value in outputs.items()}
-    fns.update({name + INPUT_SUFFIX: record for name in outputs})
-    output = None
-    with torch.no_grad(), attach(model, fns) as fired:
-        try:
-            output = run_model(model, inputs)
-        except _Stop:
-            return None, seen
-    require_fired(list(fns), fired)
-    return output, seen
-
-
-class _Stop(Exception):
-    """Ends a `patched_run` early (raised from a hook, caught around the forward pass)."""
+    ins = {name: name + INPUT_SUFFIX for name in outputs}
+    ran = run(
+        model,
+        inputs,
+        replace={name: put(value) for name, value in outputs.items()},
+        record=list(ins.values()),
+        stop_after=None if stop_at is None else ins[stop_at],
+        calls="once" if stop_at is None else "any",
+    )
+    return ran.output, {
+        name: ran.recorded[site] for name, site in ins.items() if site in ran.recorded
+    }
 
 
 def _track(inputs: Any) -> Any:

@@ -1,15 +1,15 @@
-"""The one hook engine: every hook circuits puts on a model is registered here and removed here.
+"""Hook registration: every hook circuits puts on a model is registered here and removed here.
 
 Hooks are global state on the model. `attach` registers plain torch forward (or forward-pre) hooks
 for a mapping of site name -> function, yields, and removes every handle in `finally`, so no hook
-survives an exception in the forward pass, in a hook function or in the caller's code. Capture,
-patching and attribution all build on `attach`; users intervene through `hooks`.
+survives an exception in the forward pass, in a hook function or in the caller's code. The library
+runs models through `circuits.hooks.run`, built on `attach`; users intervene through `hooks`.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -17,7 +17,13 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from circuits.adapters.transformer_lens import hook_conversion
-from circuits.errors import InputError, ModelError, ShapeMismatchError, SiteNotFiredError
+from circuits.errors import (
+    InputError,
+    ModelError,
+    ShapeMismatchError,
+    SiteNotFiredError,
+    SiteRepeatedError,
+)
 from circuits.site import Site, SiteRef, resolve
 
 HookFn = Callable[[Tensor, Site], "Tensor | None"]
@@ -34,17 +40,18 @@ def hooks(model: nn.Module, fns: Mapping[str, HookFn], *, strict: bool = True) -
         with cc.hooks(model, {"blocks.0.attn.hook_z": lambda z, site: z * 0}):
             logits = model(tokens)
     """
-    with attach(model, fns) as fired:
+    with attach(model, fns) as (fired, _):
         yield
     if strict:
-        require_fired(fns, fired)
+        require_fired(list(fns), fired)
 
 
 @contextmanager
 def attach(
     model: nn.Module, fns: Mapping[str, HookFn], *, tensors_only: bool = True
-) -> Iterator[Counter[str]]:
-    """Register `fns` on their sites for the duration of the block; yields a count of firings.
+) -> Iterator[tuple[Counter[str], list[SiteRef]]]:
+    """Register `fns` on their sites for the duration of the block; yields a count of firings
+    and the resolved sites.
 
     Every site is resolved before anything is registered, so an unknown name leaves the model
     untouched. With `tensors_only`, a site whose activation is not a tensor raises ModelError.
@@ -62,13 +69,13 @@ def attach(
     try:
         for ref in refs:
             handles.append(_register(ref, fns[ref.name], fired, tensors_only))
-        yield fired
+        yield fired, refs
     finally:
         for handle in handles:
             handle.remove()
 
 
-def require_fired(names: Mapping[str, Any] | list[str], fired: Counter[str]) -> None:
+def require_fired(names: Sequence[str], fired: Counter[str]) -> None:
     """Raise SiteNotFiredError for the sites in `names` whose hooks never ran."""
     missing = [name for name in names if fired[name] == 0]
     if missing:
@@ -78,6 +85,19 @@ def require_fired(names: Mapping[str, Any] | list[str], fired: Counter[str]) -> 
             "(hook_result: model.set_use_attn_result(True); hook_q_input: "
             "model.set_use_split_qkv_input(True)); for other modules, check that the forward "
             "pass calls them."
+        )
+
+
+def require_once(names: Sequence[str], fired: Counter[str]) -> None:
+    """Every site in `names` ran exactly once: SiteNotFiredError or SiteRepeatedError otherwise."""
+    require_fired(names, fired)
+    repeated = {name: fired[name] for name in names if fired[name] > 1}
+    if repeated:
+        raise SiteRepeatedError(
+            f"site(s) ran more than once in one forward pass: {repeated}. A module called "
+            "several times (a shared ReLU, a reused conv) is not one activation; use a module "
+            "that runs once, or the input of the module after it (`name:input`), or leave the "
+            "module out of the analysis (conv graphs: layers=[...])."
         )
 
 
@@ -112,8 +132,13 @@ def _register(ref: SiteRef, fn: HookFn, fired: Counter[str], tensors_only: bool)
         if not isinstance(new, Tensor) or new.shape != view.shape:
             got = tuple(new.shape) if isinstance(new, Tensor) else type(new).__name__
             raise ShapeMismatchError(
-                f"the hook on {ref.name!r} returned {got}; a replacement must be a tensor of the "
-                f"activation's shape {tuple(view.shape)} (return None to leave it unchanged)"
+                f"the replacement at {ref.name!r} is {got}; it must be a tensor of the "
+                f"activation's shape {tuple(view.shape)} (a hook returns None to leave it as is)"
+            )
+        if new.dtype != view.dtype or new.device != view.device:
+            raise InputError(
+                f"the replacement at {ref.name!r} is {new.dtype} on {new.device}, the activation "
+                f"{view.dtype} on {view.device}; convert it with .to(act)"
             )
         return new if conversion is None else conversion.revert(new)
 

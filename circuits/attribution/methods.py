@@ -1,0 +1,155 @@
+"""Each attribution method's options, in one place: a frozen dataclass per method.
+
+    cc.attribute(model, clean, corrupt, metric, method="eap-ig", steps=10)
+    cc.attribute(model, clean, corrupt, metric, method=EAPIG(steps=10))     # the same call
+
+`attribute` reads `method` (a name or one of these configs) and keyword options into the config;
+an option the method does not have is a ConfigError listing the ones it has. Defaults live here
+and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from circuits.errors import ConfigError
+from circuits.features import FeatureBasis
+from circuits.options import Direction, check_choice, positive_int
+from circuits.units import UnitSpec
+
+from .common import IGPath, Rule
+
+Method = Literal["attribution_patching", "integrated_gradients", "eap", "eap-ig", "direct_effects"]
+EdgeMethod = Literal["eap", "eap-ig"]
+
+
+@dataclass(frozen=True)
+class AttributionPatching:
+    """First-order estimate of patching each unit of `site`: (patched - current) . gradient.
+
+    site: a name, a list, or a `{L}` pattern ("blocks.{L}.attn.hook_z"); None: the input
+        (a float tensor) or, on a TransformerLens model, the token embeddings (hook_embed).
+    unit: the axes a unit spans (`circuits.units`: ("head",), ("pos", "head"), ("channel",),
+        {"head": [3]}); None the whole site, "all" every element.
+    direction: "noise" (run clean, gradient at clean, corrupt - clean) or "denoise".
+    """
+
+    name: ClassVar[str] = "attribution_patching"
+    site: str | Sequence[str] | None = None
+    unit: UnitSpec = None
+    direction: Direction = "noise"
+
+    def __post_init__(self) -> None:
+        check_choice(self.direction, Direction, "direction")
+
+
+@dataclass(frozen=True)
+class IntegratedGradients:
+    """Integrated gradients of the metric on the input or one site, against the corrupted input
+    (or zeros): Captum's IntegratedGradients and LayerIntegratedGradients.
+
+    site: None for the input (a float tensor; token embeddings `hook_embed` on a TransformerLens
+        model), or one site name (layer integrated gradients; completeness holds per site).
+    unit: as for attribution patching; None sums everything, "all" keeps Captum's shape.
+    steps, rule: the path quadrature (`IGPath`; rule names are Captum's).
+    max_batch: rows per forward pass (path points x batch). progress: a tqdm bar.
+    """
+
+    name: ClassVar[str] = "integrated_gradients"
+    site: str | None = None
+    unit: UnitSpec = None
+    steps: int = 32
+    rule: Rule = "gausslegendre"
+    max_batch: int | None = None
+    progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.site is not None and not isinstance(self.site, str):
+            raise ConfigError(
+                "integrated_gradients attributes one site at a time (completeness holds per "
+                f"site); got {self.site!r}: call it once per site, or use attribution_patching "
+                "for a sweep"
+            )
+        IGPath(self.steps, self.rule)
+        positive_int(self.max_batch, "max_batch", allow_none=True)
+
+    @property
+    def path(self) -> IGPath:
+        return IGPath(self.steps, self.rule)
+
+
+@dataclass(frozen=True)
+class EAP:
+    """Edge attribution patching (Syed et al. 2023): every edge of the model's graph in one
+    backward pass. TransformerLens models: embeddings, heads, MLPs, logits; conv nets: channels
+    of the conv layers named in `layers` (default every conv), skips included.
+
+    direction: "noise" (default; the gradient at the clean run) or "denoise".
+    """
+
+    name: ClassVar[str] = "eap"
+    direction: Direction = "noise"
+    layers: Sequence[str] | None = None
+
+    def __post_init__(self) -> None:
+        check_choice(self.direction, Direction, "direction")
+
+
+@dataclass(frozen=True)
+class EAPIG:
+    """EAP-IG (Hanna et al. 2024): edge scores with the receivers' gradients integrated along the
+    path between the runs; the input's edges add up to the metric difference.
+
+    direction, layers: as for EAP. steps, rule: the path quadrature (Hanna et al.'s recipe is
+    rule="riemann_left"; Gauss-Legendre needs fewer steps). max_batch, progress: as for IG.
+    """
+
+    name: ClassVar[str] = "eap-ig"
+    direction: Direction = "noise"
+    steps: int = 5
+    rule: Rule = "gausslegendre"
+    layers: Sequence[str] | None = None
+    max_batch: int | None = None
+    progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        check_choice(self.direction, Direction, "direction")
+        IGPath(self.steps, self.rule)
+        positive_int(self.max_batch, "max_batch", allow_none=True)
+
+    @property
+    def path(self) -> IGPath:
+        return IGPath(self.steps, self.rule)
+
+
+@dataclass(frozen=True)
+class DirectEffects:
+    """Feature-to-feature direct effects in the linearised model, on one input (corrupt and
+    metric are None).
+
+    source, target: feature bases whose `site` names where they live (UnitBasis, DirectionBasis,
+        e.g. a probe's directions); the target must lie after the source.
+    target_pos: positions of the target read (None: all).
+    freeze: sites held at their clean values; None: a TransformerLens model's hook_q, hook_k,
+        hook_scale and mlp.hook_post everywhere. Other models must name them.
+    progress: a tqdm bar over the target features.
+    """
+
+    name: ClassVar[str] = "direct_effects"
+    source: FeatureBasis | None = None
+    target: FeatureBasis | None = None
+    target_pos: Any = None
+    freeze: Sequence[str] | None = None
+    progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.source is None or self.target is None:
+            raise ConfigError("direct_effects needs source=... and target=... feature bases")
+
+
+MethodConfig = AttributionPatching | IntegratedGradients | EAP | EAPIG | DirectEffects
+METHODS: dict[str, type] = {
+    cls.name: cls for cls in (AttributionPatching, IntegratedGradients, EAP, EAPIG, DirectEffects)
+}

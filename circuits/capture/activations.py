@@ -1,0 +1,169 @@
+"""Activation capture: run a model once and keep the activations (and gradients) at chosen sites.
+
+`capture` is the recording use of `circuits.hooks.run`. Options that save memory act as each
+activation is stored: keep some positions or a spatial window, cast to a dtype, move to an offload
+device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from circuits.adapters.transformer_lens import is_transformer_lens
+from circuits.capture.cache import ActivationCache
+from circuits.errors import ConfigError
+from circuits.hooks import run
+from circuits.hooks.run import Replacement
+from circuits.metrics import MetricFn, metric_value
+from circuits.site import INPUT_SUFFIX, Site, default_site_names, resolve
+
+Index = int | slice | Sequence[int] | Tensor
+
+
+def capture(
+    model: nn.Module,
+    inputs: Any,
+    *,
+    sites: str | Sequence[str] | None = None,
+    grads: bool = False,
+    metric: MetricFn | None = None,
+    positions: Index | None = None,
+    spatial: tuple[Index, Index] | None = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    detach: bool = True,
+    replace: Mapping[str, Replacement] | None = None,
+) -> ActivationCache:
+    """Run `model(inputs)` once and return the activations at `sites` as an ActivationCache.
+
+    sites: one name or a list (None: every site `cc.sites` lists that runs once in this pass).
+    grads: also keep d metric / d activation at each site; needs `metric(output)` -> scalar.
+    metric: a function of the model output; its value is stored in `cache.metric`.
+    positions: keep only these indices of a site's "pos" axis (sites without one are kept whole).
+    spatial: (h_index, w_index) kept from a site's "h" and "w" axes (conv activations).
+    dtype, device: cast and move each stored tensor (an offload device such as "cpu").
+    detach: store tensors cut from the autograd graph (False keeps them connected).
+    replace: interventions during the pass, as for `circuits.hooks.run` (a captured site is
+        recorded as it arrives, before its own replacement).
+    Inputs are passed as `model(inputs)`; a tuple is spread as arguments, a dict as keywords.
+    """
+    names = site_list(model, sites)
+    if grads and metric is None:
+        raise ConfigError(
+            "grads=True needs metric=..., a function of the output returning a scalar"
+        )
+    if spatial is not None and len(spatial) != 2:
+        raise ConfigError(f"spatial must be (h_index, w_index), got {spatial!r}")
+    connected = grads or not detach
+
+    def store(act: Tensor, site: Site) -> Tensor:
+        kept = select(act, site, positions, spatial)
+        return kept if dtype is None and device is None else kept.to(device=device, dtype=dtype)
+
+    ran = run(
+        model,
+        inputs,
+        replace=replace,
+        record=names,
+        keep=None if connected else store,
+        grad=connected,
+        calls="any" if sites is None else "once",
+    )
+    if sites is None:  # "everything": keep what ran once (cc.sites shows the call counts)
+        names = [name for name in names if ran.fired[name] == 1]
+    value = None if metric is None else metric_value(metric, ran.output)
+    gradients = None
+    if grads and value is not None:
+        found = torch.autograd.grad(value, [ran.recorded[n] for n in names], allow_unused=True)
+        gradients = {
+            n: store(torch.zeros_like(ran.recorded[n]) if g is None else g, ran.sites[n])
+            for n, g in zip(names, found, strict=True)
+        }
+    kept = {n: ran.recorded[n] for n in names}
+    if connected:
+        kept = {n: store(t.detach() if detach else t, ran.sites[n]) for n, t in kept.items()}
+    shapes = {n: Site(n, ran.sites[n].axes, tuple(t.shape)) for n, t in kept.items()}
+    metric_value_ = None if value is None else float(value.detach())
+    return ActivationCache(kept, shapes, grads=gradients, metric=metric_value_)
+
+
+def sites(model: nn.Module, example_input: Any, *, inputs: bool = False) -> pd.DataFrame:
+    """Every hookable site with its axis names and shape, found by one forward pass.
+
+    TransformerLens models list their hook points; other modules list every submodule's output,
+    and with `inputs=True` also each module's input (`name:input`). `calls` counts how often the
+    site ran in the pass: 0 means it exists but never fires (it cannot be captured as is).
+    """
+    names = default_site_names(model)
+    if inputs and not is_transformer_lens(model):
+        names += [name + INPUT_SUFFIX for name in names]
+    seen: dict[str, Any] = {}
+
+    def look(act: Any, site: Site) -> None:
+        seen[site.name] = site if isinstance(act, Tensor) else type(act).__name__
+
+    modules = {ref.name: ref.module for ref in resolve(model, names)}
+    fired = run(
+        model, example_input, replace=dict.fromkeys(names, look), calls="any", tensors_only=False
+    ).fired
+    rows = []
+    for name in names:
+        info = seen.get(name)
+        rows.append(
+            {
+                "site": name,
+                "axes": " ".join(info.axes) if isinstance(info, Site) else None,
+                "shape": info.shape if isinstance(info, Site) else None,
+                "calls": fired[name],
+                "module": type(modules[name]).__name__,
+                "note": info if isinstance(info, str) else "",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def site_list(model: nn.Module, sites: str | Sequence[str] | None) -> list[str]:
+    """Normalise the `sites` argument to a list of names (None: the model's default sites)."""
+    if sites is None:
+        return default_site_names(model)
+    names = [sites] if isinstance(sites, str) else list(sites)
+    if not names:
+        raise ConfigError("sites is empty; name at least one site (cc.sites lists them)")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"sites lists a name twice: {names}")
+    return names
+
+
+def select(act: Tensor, site: Site, positions: Index | None, spatial: Any) -> Tensor:
+    """Keep the chosen positions ("pos" axis) and spatial window ("h", "w" axes) of `act`."""
+    index: list[Any] = [slice(None)] * act.ndim
+    wanted = {"pos": positions}
+    if spatial is not None:
+        if len(spatial) != 2:
+            raise ConfigError(f"spatial must be (h_index, w_index), got {spatial!r}")
+        wanted.update(h=spatial[0], w=spatial[1])
+    picked = False
+    for axis, choice in wanted.items():
+        if choice is not None and axis in site.axes:
+            index[site.axes.index(axis)] = _as_index(choice)
+            picked = True
+    if not picked:
+        return act
+    out = act
+    for dim, idx in enumerate(index):  # one axis at a time: lists on two axes must not pair up
+        if not (isinstance(idx, slice) and idx == slice(None)):
+            out = out[(slice(None),) * dim + (idx,)]
+    return out
+
+
+def _as_index(choice: Index) -> Any:
+    if isinstance(choice, int):
+        return slice(choice, choice + 1 if choice != -1 else None)  # keep the axis
+    if isinstance(choice, slice | Tensor):
+        return choice
+    return torch.as_tensor(list(choice), dtype=torch.long)

@@ -1,0 +1,152 @@
+"""`run`: the one way circuits runs a model with some activations replaced, recorded or frozen.
+
+    ran = run(model, tokens, replace={"blocks.0.attn.hook_z": zeros}, record=["blocks.1.hook_z"])
+    ran.output, ran.recorded["blocks.1.hook_z"], ran.sites["blocks.1.hook_z"].axes
+
+Capture, patching, path patching, attribution, direct effects and faithfulness all run models
+through it; every hook it needs is registered by `attach` and removed in `finally`. At each hooked
+site, in this order:
+
+1. record: the arriving activation is kept (detached, or connected to the autograd graph with
+   `grad=True`; a copy where later in-place ops could rewrite it; `keep` may shrink it first).
+2. replace: a tensor takes the activation's place, or a function `fn(act, site)` returns the
+   replacement (None leaves it unchanged); either is checked for shape, dtype and device.
+3. stop: after `stop_after` has run, the forward pass ends there and `output` is None.
+
+To freeze a site at its value in another run, record it there and replace it with that value
+here (a recorded tensor carries no gradient, so a frozen site also stops gradients).
+Each hooked site must run exactly once (`calls="once"`, the default): one that never runs or runs
+twice is an error, not a silent no-op or a mix of calls.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from circuits.errors import CircuitsError, InputError
+from circuits.hooks.attach import HookFn, attach, require_fired, require_once
+from circuits.inputs import describe
+from circuits.site import Site
+
+Replacement = Tensor | HookFn
+Keep = Callable[[Tensor, Site], Tensor]
+
+
+@dataclass
+class Ran:
+    """What a run gives back: the output (None if stopped early), the recorded activations, each
+    hooked site as it was seen (axes and shape) and how often each site ran."""
+
+    output: Any
+    recorded: dict[str, Tensor] = field(default_factory=dict)
+    sites: dict[str, Site] = field(default_factory=dict)
+    fired: Counter[str] = field(default_factory=Counter)
+
+
+def run(
+    model: nn.Module,
+    inputs: Any,
+    *,
+    replace: Mapping[str, Replacement] | None = None,
+    record: Sequence[str] = (),
+    keep: Keep | None = None,
+    stop_after: str | None = None,
+    grad: bool = False,
+    forward: Callable[[], Any] | None = None,
+    calls: Literal["once", "any"] = "once",
+    tensors_only: bool = True,
+) -> Ran:
+    """Run `model(inputs)` once with activations recorded and replaced (module docstring).
+
+    keep: applied to each recorded activation as it is stored (select positions, cast, offload).
+    grad: run with autograd on; recorded activations stay on the graph (one that needs no
+        gradient becomes a leaf that does, and the pass goes on from it).
+    forward: runs the model instead of `model(inputs)` (a resumed pass over some blocks).
+    calls: "once" checks that every hooked site ran exactly once; "any" leaves it to the caller
+        (`fired` has the counts). tensors_only: a site carrying a non-tensor is a ModelError.
+    """
+    replace = dict(replace or {})
+    names = list(dict.fromkeys([*record, *replace, *([stop_after] if stop_after else [])]))
+    wanted = set(record)
+    ran = Ran(output=None)
+
+    def hook(name: str) -> HookFn:
+        new = replace.get(name)
+
+        def fn(act: Any, site: Site) -> Any:
+            ran.sites[name] = site
+            if not isinstance(act, Tensor):
+                return new(act, site) if callable(new) else None
+            out = None
+            if name in wanted:
+                ran.recorded[name], out = _record(act, site, shared[name], grad, keep)
+            if new is not None:
+                out = new(act, site) if callable(new) else new
+            if name == stop_after:
+                raise _Stop
+            return out
+
+        return fn
+
+    with attach(model, {n: hook(n) for n in names}, tensors_only=tensors_only) as (fired, refs):
+        shared = {ref.name: ref.shared for ref in refs}
+        with torch.set_grad_enabled(grad):
+            try:
+                ran.output = forward() if forward is not None else run_model(model, inputs)
+            except _Stop:
+                ran.output = None
+    ran.fired = fired
+    if calls == "once":
+        require_once(names, fired)
+    elif stop_after is not None and fired[stop_after] == 0:
+        require_fired([stop_after], fired)
+    return ran
+
+
+def run_model(model: nn.Module, inputs: Any) -> Any:
+    """Call the model on `inputs`; a failure of the forward pass itself becomes an InputError.
+
+    A tuple is spread as positional arguments, a dict as keywords.
+    """
+    try:
+        if isinstance(inputs, dict):
+            return model(**inputs)
+        if isinstance(inputs, tuple):
+            return model(*inputs)
+        return model(inputs)
+    except (CircuitsError, _Stop):
+        raise
+    except (RuntimeError, ValueError, IndexError, TypeError, AssertionError) as err:
+        raise InputError(
+            f"the forward pass of {type(model).__name__} failed on {describe(inputs)}: {err}. "
+            "Check the input's shape, dtype and range (token ids below d_vocab, at most n_ctx "
+            "positions; images as batch x channel x h x w)."
+        ) from err
+
+
+def _record(
+    act: Tensor, site: Site, shared: bool, grad: bool, keep: Keep | None
+) -> tuple[Tensor, Tensor | None]:
+    """What is kept of `act`, and what the pass goes on with (None: `act` itself)."""
+    if grad:
+        if not act.requires_grad:  # frozen weights: start the graph here
+            act = act.detach().requires_grad_(True)
+        # Hand on what we differentiate by, so the rest of the pass depends on it (a reshaped
+        # view would otherwise be off the path); a copy where later in-place ops could rewrite it.
+        return act, act.clone() if shared else act
+    kept = act.detach()
+    if keep is not None:
+        kept = keep(kept, site)
+    if shared and kept.untyped_storage().data_ptr() == act.untyped_storage().data_ptr():
+        kept = kept.clone()
+    return kept, None
+
+
+class _Stop(Exception):
+    """Ends a run after `stop_after` (raised from its hook, caught around the forward pass)."""

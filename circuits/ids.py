@@ -1,0 +1,140 @@
+"""NodeId: the one identity of a graph node, formatted and parsed here and nowhere else.
+
+Every stage names nodes the same way, and the exported key stays a readable string::
+
+    blocks.1.attn.hook_z[2]          head 2 of layer 1's attention (every position)
+    blocks.1.attn.hook_z[2]@5        the same head at position 5
+    layer2.0.conv1[7]@3,4            channel 7 of a conv layer at spatial location (3, 4)
+    relu1[error]                     what a feature basis at relu1 does not explain
+    blocks.1.attn.hook_k[head=2]     a unit named by its axes (patching's senders, receivers)
+    logits                           a node that is a name only (outputs, embeddings)
+
+Grammar: ``site`` then an optional ``[...]`` holding, comma-separated, the unit index, the word
+``error`` and ``axis=index`` items, then an optional ``@pos`` or ``@h,w``. `NodeId.parse` reads
+back exactly what `str` writes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from circuits.errors import SchemaError
+
+_KEY = re.compile(
+    r"^(?P<site>[^\[\]@]+)(?:\[(?P<part>[^\[\]]*)\])?(?:@(?P<where>-?\d+(?:,-?\d+)?))?$"
+)
+_NAMED = re.compile(r"^(?P<axis>[A-Za-z_][A-Za-z0-9_]*)=(?P<index>-?\d+)$")
+
+
+@dataclass(frozen=True, order=True)
+class NodeId:
+    """Where a node is: its site (or name), unit, position or spatial index, named axes.
+
+    site: the hook site the node lives at, or a plain name ("logits", "metric").
+    unit: the index along the site's unit axis (neuron, channel, head, latent), -1 for none.
+    pos: the token position, -1 for all positions. h, w: a spatial index, -1 for none.
+    named: other axes as (axis, index) pairs, in order (`[head=2]`, `[3,batch=0]`).
+    error: the error node of a feature basis at `site` (what the basis misses).
+    """
+
+    site: str
+    unit: int = -1
+    pos: int = -1
+    h: int = -1
+    w: int = -1
+    named: tuple[tuple[str, int], ...] = ()
+    error: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.site, str) or not self.site or set(self.site) & set("[]@"):
+            raise SchemaError(
+                f"a node's site must be a non-empty name without '[', ']' or '@', got {self.site!r}"
+            )
+        for name in ("unit", "pos", "h", "w"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise SchemaError(f"NodeId.{name} must be an int (-1 for none), got {value!r}")
+        if (self.h >= 0) != (self.w >= 0):
+            raise SchemaError(f"NodeId needs both h and w or neither, got h={self.h}, w={self.w}")
+        named = tuple((str(a), int(i)) for a, i in self.named)
+        if any(not _NAMED.match(f"{a}={i}") for a, i in named):
+            raise SchemaError(f"NodeId.named holds (axis name, int) pairs, got {self.named!r}")
+        object.__setattr__(self, "named", named)
+
+    @property
+    def key(self) -> str:
+        """The readable string form (the graph's node key)."""
+        return str(self)
+
+    def __str__(self) -> str:
+        items = [str(self.unit)] if self.unit >= 0 else []
+        items += ["error"] if self.error else []
+        items += [f"{axis}={index}" for axis, index in self.named]
+        key = self.site + (f"[{','.join(items)}]" if items else "")
+        if self.h >= 0:
+            return f"{key}@{self.h},{self.w}"
+        return f"{key}@{self.pos}" if self.pos >= 0 else key
+
+    @classmethod
+    def parse(cls, key: str) -> NodeId:
+        """The NodeId whose string form is `key`; SchemaError for anything else."""
+        found = _KEY.match(key) if isinstance(key, str) else None
+        if found is None:
+            raise SchemaError(
+                f"{key!r} is not a node key (site[unit]@pos, site[unit]@h,w, site[error], "
+                "site[axis=i])"
+            )
+        unit, error, named = -1, False, []
+        part = found["part"]
+        for i, item in enumerate(part.split(",") if part else []):
+            if item.isdigit() and i == 0:
+                unit = int(item)
+            elif item == "error" and not error and not named:
+                error = True
+            elif _NAMED.match(item):
+                axis, index = item.split("=")
+                named.append((axis, int(index)))
+            else:
+                raise SchemaError(f"{key!r}: cannot read {item!r} inside the brackets")
+        pos, h, w = -1, -1, -1
+        where = found["where"]
+        if where is not None and "," in where:
+            h, w = (int(v) for v in where.split(","))
+        elif where is not None:
+            pos = int(where)
+        node = cls(found["site"], unit, pos=pos, h=h, w=w, named=tuple(named), error=error)
+        if str(node) != key:
+            raise SchemaError(f"{key!r} is not in canonical form; write it as {str(node)!r}")
+        return node
+
+
+def node_row(
+    node: NodeId,
+    kind: str,
+    *,
+    site: str | None = None,
+    layer: int = -1,
+    activation: float = math.nan,
+    label: str = "",
+) -> dict[str, Any]:
+    """The attributes of a graph node (see `circuits.graph.schema`), keyed by `node`.
+
+    site: the hook site, when it differs from the node's name (the logits read the last
+    residual stream); layer: the block, -1 for none.
+    """
+    row: dict[str, Any] = {
+        "key": str(node),
+        "kind": kind,
+        "site": node.site if site is None else site,
+        "layer": int(layer),
+        "pos": int(node.pos),
+        "unit": int(node.unit),
+        "activation": float(activation),
+        "label": label or str(node),
+    }
+    if node.h >= 0:
+        row.update(h=int(node.h), w=int(node.w))
+    return row

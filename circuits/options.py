@@ -1,0 +1,75 @@
+"""Option types every stage shares, their checks, and how a config meets keyword options.
+
+`Direction` and `Ablation` are the words patching, attribution and faithfulness all use, defined
+once here. `configure` is how a public function takes its config dataclass as well as (or instead
+of) keywords: `fit_probe(acts, labels, ProbeConfig(C=0.5))`, `fit_probe(acts, labels, C=0.5)` and
+`fit_probe(acts, labels, ProbeConfig(C=0.5), seed=1)` all work, and a keyword the config does not
+have is a ConfigError that lists the ones it has.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Mapping
+from typing import Any, Literal, TypeVar, get_args
+
+from circuits.errors import ConfigError
+
+Direction = Literal["noise", "denoise"]
+""""noise": run clean, patch in corrupted values; "denoise": run corrupted, patch in clean."""
+
+Ablation = Literal["patch", "zero", "mean", "resample"]
+"""What an ablated unit or edge carries: the corrupted run's value ("patch"), zero, its mean
+over a reference batch, or its value on another example of the reference batch ("resample")."""
+
+C = TypeVar("C")
+
+
+def check_choice(value: Any, choices: Any, what: str) -> Any:
+    """`value` if it is one of `choices` (a Literal type or a tuple), else ConfigError."""
+    allowed = get_args(choices) or tuple(choices)
+    if not isinstance(value, str) or value not in allowed:
+        raise ConfigError(f"{what} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+    return value
+
+
+def configure(
+    cls: type[C],
+    config: C | None,
+    options: Mapping[str, Any],
+    *,
+    renamed: Mapping[str, str] | None = None,
+) -> C:
+    """`config` (or the defaults of `cls`) with `options` replacing its fields, validated.
+
+    renamed: old option name -> new one, accepted with a DeprecationWarning for one release.
+    """
+    if config is not None and not isinstance(config, cls):
+        raise ConfigError(f"config must be a {cls.__name__}, got {type(config).__name__}")
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    given = dict(options)
+    for old, new in (renamed or {}).items():
+        if old in given:
+            warnings.warn(
+                f"option {old!r} is now {new!r}; the old name goes in the next release",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            given[new] = given.pop(old)
+    unknown = sorted(set(given) - fields)
+    if unknown:
+        raise ConfigError(f"{cls.__name__} has no option(s) {unknown}; it takes {sorted(fields)}")
+    if config is None:
+        return cls(**given)
+    return dataclasses.replace(config, **given)  # type: ignore[type-var]
+
+
+def positive_int(value: Any, what: str, *, allow_none: bool = False) -> Any:
+    """`value` if it is an int >= 1 (or None where allowed), else ConfigError."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        extra = " or None" if allow_none else ""
+        raise ConfigError(f"{what} must be a positive int{extra}, got {value!r}")
+    return value
