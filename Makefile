@@ -17,6 +17,7 @@ test: lint typecheck unit tl3
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check circuits tests benchmarks
 	$(VENV)/bin/ruff format --check circuits tests benchmarks
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy circuits

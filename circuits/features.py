@@ -25,7 +25,7 @@ direction basis it is `act` projected onto the directions when they are orthonor
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -33,6 +33,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from circuits.errors import ConfigError, InputError, ShapeMismatchError
+from circuits.options import warn_renamed
 from circuits.site import Site
 
 __all__ = ["DirectionBasis", "FeatureBasis", "UnitBasis"]
@@ -149,7 +150,7 @@ class UnitBasis:
 class DirectionBasis:
     """A set of k directions [k, d] along one axis: probe directions, mean differences, by hand.
 
-    encode projects onto the directions (unit-normalised unless normalize=False); decode sums
+    encode projects onto the directions (unit-normalised unless normalise=False); decode sums
     coefficient-weighted directions. ablate and steer move the activation along the directions.
     """
 
@@ -157,9 +158,13 @@ class DirectionBasis:
     dim: int = -1
     site: str | None = None
     labels: tuple[str, ...] = field(default=())
-    normalize: bool = True
+    normalise: bool = True
+    normalize: InitVar[bool | None] = None  # the old spelling, for one release
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, normalize: bool | None) -> None:
+        if normalize is not None:
+            warn_renamed("normalize", "normalise")
+            object.__setattr__(self, "normalise", normalize)
         u = self.directions
         if not isinstance(u, Tensor) or u.ndim not in (1, 2):
             got = tuple(u.shape) if isinstance(u, Tensor) else type(u).__name__
@@ -171,7 +176,7 @@ class DirectionBasis:
         norms = u.norm(dim=1, keepdim=True)
         if bool((norms == 0).any()):
             raise InputError(f"direction(s) {norms[:, 0].eq(0).nonzero()[:, 0].tolist()} are zero")
-        object.__setattr__(self, "directions", u / norms if self.normalize else u)
+        object.__setattr__(self, "directions", u / norms if self.normalise else u)
         _set_labels(self, self.site, "direction", torch.arange(u.shape[0]))
 
     @property

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,8 @@ _KEY = re.compile(
     r"^(?P<site>[^\[\]@]+)(?:\[(?P<part>[^\[\]]*)\])?(?:@(?P<where>-?\d+(?:,-?\d+)?))?$"
 )
 _NAMED = re.compile(r"^(?P<axis>[A-Za-z_][A-Za-z0-9_]*)=(?P<index>-?\d+)$")
+_BLOCK = re.compile(r"blocks\.(\d+)\.")
+METRIC = "metric"  # the key of the output node that stands for the metric
 
 
 @dataclass(frozen=True, order=True)
@@ -87,7 +90,8 @@ class NodeId:
                 f"{key!r} is not a node key (site[unit]@pos, site[unit]@h,w, site[error], "
                 "site[axis=i])"
             )
-        unit, error, named = -1, False, []
+        unit, error = -1, False
+        named: list[tuple[str, int]] = []
         part = found["part"]
         for i, item in enumerate(part.split(",") if part else []):
             if item.isdigit() and i == 0:
@@ -138,3 +142,52 @@ def node_row(
     if node.h >= 0:
         row.update(h=int(node.h), w=int(node.w))
     return row
+
+
+def unit_node(
+    site: str, axes: Sequence[str], index: Sequence[int], *, activation: float = math.nan
+) -> dict[str, Any]:
+    """The node row of one unit of `site`: the indices along `axes` place it. Position and
+    spatial axes become pos / h / w, the first other axis the unit index (and its kind), and
+    any further axes (batch, ...) named items of the key."""
+    where = dict(zip(axes, (int(i) for i in index), strict=True))
+    pos = where.pop("pos", -1)
+    h, w = (where.pop("h"), where.pop("w")) if "h" in where and "w" in where else (-1, -1)
+    rest = list(where.items())
+    unit = rest[0][1] if rest else -1
+    node = NodeId(site, unit, pos=pos, h=h, w=w, named=tuple(rest[1:]))
+    kind = node_kind(site, rest[0][0] if rest else None)
+    return node_row(node, kind, layer=block_of(site), activation=float(activation))
+
+
+def metric_node(label: str) -> dict[str, Any]:
+    """The graph's output node standing for the metric (key "metric")."""
+    return node_row(NodeId(METRIC), "output", site="", label=label)
+
+
+def node_kind(site: str, unit_axis: str | None) -> str:
+    """The schema kind of a unit at `site` spanning `unit_axis` (None: the whole site)."""
+    leaf = site.rsplit(".", 1)[-1]
+    if site == "input" or leaf in ("hook_embed", "hook_pos_embed") or site.endswith(":input"):
+        return "input"
+    if unit_axis == "head":
+        return "head"
+    if unit_axis == "channel":
+        return "channel"
+    if unit_axis == "d_mlp":
+        return "neuron"
+    if leaf == "hook_mlp_out" and unit_axis is None:
+        return "mlp"
+    return "feature"
+
+
+def layer_of(site: str) -> int | None:
+    """The block a TransformerLens site lives in (`blocks.3.attn.hook_z` -> 3), else None."""
+    found = _BLOCK.match(site)
+    return int(found.group(1)) if found else None
+
+
+def block_of(site: str) -> int:
+    """`layer_of` with the graph schema's -1 for "none"."""
+    found = layer_of(site)
+    return -1 if found is None else found

@@ -10,6 +10,7 @@ have is a ConfigError that lists the ones it has.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import warnings
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar, get_args
@@ -24,6 +25,15 @@ Ablation = Literal["patch", "zero", "mean", "resample"]
 over a reference batch, or its value on another example of the reference batch ("resample")."""
 
 C = TypeVar("C")
+T = TypeVar("T")
+
+
+def runs(direction: Direction, clean: T, corrupt: T) -> tuple[T, T]:
+    """(base, source): the run that is patched, and the run the patched values come from.
+
+    Its own inverse: `runs(direction, base, source)` gives back (clean, corrupt).
+    """
+    return (clean, corrupt) if direction == "noise" else (corrupt, clean)
 
 
 def check_choice(value: Any, choices: Any, what: str) -> Any:
@@ -39,27 +49,23 @@ def configure(
     config: C | None,
     options: Mapping[str, Any],
     *,
-    renamed: Mapping[str, str] | None = None,
+    what: str | None = None,
 ) -> C:
     """`config` (or the defaults of `cls`) with `options` replacing its fields, validated.
 
-    renamed: old option name -> new one, accepted with a DeprecationWarning for one release.
+    what: the name used in errors (default: the class name). Init-only names (an old spelling
+    kept for one release) are accepted as the class accepts them.
     """
     if config is not None and not isinstance(config, cls):
         raise ConfigError(f"config must be a {cls.__name__}, got {type(config).__name__}")
-    fields = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     given = dict(options)
-    for old, new in (renamed or {}).items():
-        if old in given:
-            warnings.warn(
-                f"option {old!r} is now {new!r}; the old name goes in the next release",
-                DeprecationWarning,
-                stacklevel=3,
-            )
-            given[new] = given.pop(old)
-    unknown = sorted(set(given) - fields)
+    names = set(inspect.signature(cls).parameters)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    unknown = sorted(set(given) - names)
     if unknown:
-        raise ConfigError(f"{cls.__name__} has no option(s) {unknown}; it takes {sorted(fields)}")
+        raise ConfigError(
+            f"unknown {what or cls.__name__} option(s) {unknown}; it takes {sorted(fields)}"
+        )
     if config is None:
         return cls(**given)
     return dataclasses.replace(config, **given)  # type: ignore[type-var]
@@ -73,3 +79,12 @@ def positive_int(value: Any, what: str, *, allow_none: bool = False) -> Any:
         extra = " or None" if allow_none else ""
         raise ConfigError(f"{what} must be a positive int{extra}, got {value!r}")
     return value
+
+
+def warn_renamed(old: str, new: str) -> None:
+    """A DeprecationWarning for a name that changed (kept as an alias for one release)."""
+    warnings.warn(
+        f"{old!r} is now {new!r}; the old name goes in the next release",
+        DeprecationWarning,
+        stacklevel=4,
+    )

@@ -10,7 +10,6 @@ A pattern with `{L}` (`blocks.{L}.attn.hook_z`) stands for one site per layer (`
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -19,9 +18,12 @@ from torch import Tensor, nn
 
 from circuits.adapters import torch_module, transformer_lens
 from circuits.errors import ConfigError, InputError, ModelError, SiteNotFoundError, closest
+from circuits.ids import layer_of
 
 INPUT_SUFFIX = ":input"
 LAYER = "{L}"
+
+__all__ = ["INPUT_SUFFIX", "LAYER", "Site", "SiteRef", "expand_sites", "layer_of", "resolve"]
 
 
 @dataclass(frozen=True)
@@ -134,9 +136,3 @@ def model_config(model: nn.Module, key: str) -> int:
             "by name"
         )
     return value
-
-
-def layer_of(name: str) -> int | None:
-    """The block a TransformerLens site lives in (`blocks.3.attn.hook_z` -> 3), else None."""
-    found = re.match(r"blocks\.(\d+)\.", name)
-    return int(found.group(1)) if found else None

@@ -34,6 +34,7 @@ from .conv import conv_edges
 from .direct import score_direct
 from .edges import transformer_edges
 from .methods import (
+    EAP,
     EAPIG,
     METHODS,
     AttributionPatching,
@@ -101,11 +102,11 @@ def attribute(
 
 def method_config(method: Any, options: dict[str, Any]) -> MethodConfig:
     """The config `method` names (or is), with `options` set on it."""
-    if isinstance(method, tuple(METHODS.values())):
-        return configure(type(method), method, options)  # type: ignore[no-any-return]
+    if isinstance(method, AttributionPatching | IntegratedGradients | EAP | EAPIG | DirectEffects):
+        return configure(type(method), method, options, what=method.name)
     if not isinstance(method, str) or method not in METHODS:
         raise ConfigError(f"method must be one of {list(get_args(Method))}, got {method!r}")
-    return configure(METHODS[method], None, options)  # type: ignore[no-any-return]
+    return configure(METHODS[method], None, options, what=method)  # type: ignore[no-any-return]
 
 
 def attribution_patching(

@@ -57,7 +57,7 @@ from circuits.errors import InputError, ModelError, SiteNotFoundError, closest
 from circuits.ids import NodeId, node_row
 from circuits.metrics import MetricFn, metric_name
 from circuits.modelgraph.channels import INPUT, Conv, Grads, Trace, check_eval, trace
-from circuits.options import Direction
+from circuits.options import Direction, runs
 
 from .common import IGPath
 from .conv_graph import deltas, path_grads
@@ -81,7 +81,7 @@ def conv_edges(
     """EAP (path=None) or EAP-IG channel edge scores on the graph of the model's conv layers."""
     convs = conv_layers(model, layers)
     check_eval(model)
-    base, source = (clean, corrupt) if direction == "noise" else (corrupt, clean)
+    base, source = runs(direction, clean, corrupt)
     if path is not None:
         base, source = _image(base), _image(source)
     graph = trace(model, base, convs, metric)
@@ -100,9 +100,7 @@ def conv_edges(
     moved = deltas(model, base, source, graph, values, src_inputs, max_batch=max_batch)
     scores = _scores(convs, graph, grads, moved, values)
     base_value = graph.metric
-    clean_value, corrupt_value = (
-        (base_value, source_value) if direction == "noise" else (source_value, base_value)
-    )
+    clean_value, corrupt_value = runs(direction, base_value, source_value)
     src_keys, tgt_keys, nodes = _nodes(graph)
     n_input = graph.values[INPUT].shape[1]
     return AttributionResult(

@@ -32,15 +32,15 @@ from torch import Tensor, nn
 
 from circuits.adapters.transformer_lens import hook_axes, hook_table, is_transformer_lens
 from circuits.capture import Index, select
-from circuits.errors import ConfigError, InputError
+from circuits.errors import ConfigError
 from circuits.features import FeatureBasis, UnitBasis
-from circuits.hooks import HookFn, Ran, require_fired, require_once, run
-from circuits.ids import NodeId, node_row
+from circuits.hooks import run
+from circuits.ids import NodeId, block_of, node_row
 from circuits.loops import progress_bar
 from circuits.site import Site
 
 from .methods import DirectEffects
-from .result import AttributionResult, layer_of
+from .result import AttributionResult
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +89,8 @@ def _direct_effects(
         leaf["s"] = act.detach().requires_grad_(True)
         return leaf["s"]
 
-    held: dict[str, list[Tensor]] = {}  # every call's value (a block's ln1 runs once per q/k/v)
-    ran = _run(model, inputs, {n: _hold(held.setdefault(n, [])) for n in frozen},
-               {src_site: read_source}, tgt_site, grad=True)  # fmt: skip
+    ran = run(model, inputs, freeze=frozen, replace={src_site: read_source}, record=[tgt_site],
+              grad=True)  # fmt: skip
     s, site = leaf["s"], ran.sites[tgt_site]
     with torch.enable_grad():
         t = _activation(tgt_basis, ran.recorded[tgt_site], site, target_pos)
@@ -114,7 +113,7 @@ def _direct_effects(
             scores[:k_s, j] = _per_feature(coeffs * back, src_basis.dim, k_s)
             scores[k_s, j] = (grad * error).sum()
             bar.update(1)
-    rest = _rest(model, inputs, held, src_site, tgt_site, tgt_basis, target_pos)
+    rest = _rest(model, inputs, ran.frozen, src_site, tgt_site, tgt_basis, target_pos)
     src_rows, src_keys = _feature_nodes(
         src_basis, src_site, s, _per_feature(coeffs, src_basis.dim, k_s)
     )
@@ -191,49 +190,13 @@ def _frozen(model: nn.Module, freeze: Sequence[str] | None) -> list[str]:
     return frozen_sites(model)
 
 
-def _hold(calls: list[Tensor]) -> HookFn:
-    """Freeze a site at its own value, call by call, gradient stopped; keep each for replay."""
-
-    def fn(act: Tensor, site: Site) -> Tensor:
-        calls.append(act.detach())
-        return calls[-1]
-
-    return fn
-
-
-def _replay(calls: list[Tensor]) -> HookFn:
-    """Put back a site's values from a `_hold` run, one per call, in order."""
-    it = iter(calls)
-
-    def fn(act: Tensor, site: Site) -> Tensor:
-        value = next(it, None)
-        if value is None:
-            raise InputError(f"site {site.name!r} ran more often than in the clean run")
-        return value
-
-    return fn
-
-
-def _run(
-    model: nn.Module, inputs: Any, frozen: dict[str, HookFn], inner: dict[str, HookFn],
-    target: str, *, grad: bool = False,
-) -> Ran:  # fmt: skip
-    """One pass with frozen sites (which may run several times) and `inner` sites and the
-    target (each exactly once); the target's activation is recorded."""
-    ran = run(model, inputs, replace={**frozen, **inner}, record=[target], grad=grad, calls="any")
-    require_fired(list(frozen), ran.fired)
-    require_once([*inner, target], ran.fired)
-    return ran
-
-
 def _rest(
     model: nn.Module, inputs: Any, held: dict[str, list[Tensor]], src_site: str, tgt_site: str,
     basis: FeatureBasis, target_pos: Index | None,
 ) -> Tensor:  # fmt: skip
     """Target activations of the linearised model with the source set to zero (a real run)."""
-    frozen = {n: _replay(calls) for n, calls in held.items()}
     zero = {src_site: lambda a, s: torch.zeros_like(a)}
-    ran = _run(model, inputs, frozen, zero, tgt_site)
+    ran = run(model, inputs, freeze=held, replace=zero, record=[tgt_site])
     return _activation(basis, ran.recorded[tgt_site], ran.sites[tgt_site], target_pos)
 
 
@@ -272,7 +235,7 @@ def _feature_nodes(
     rows, keys = [], []
     for i, unit in enumerate(units):
         node = NodeId(site, unit)
-        rows.append(node_row(node, kind, layer=layer_of(site), label=basis.labels[i],
+        rows.append(node_row(node, kind, layer=block_of(site), label=basis.labels[i],
                              activation=float(activation[i])))  # fmt: skip
         keys.append(str(node))
     return rows, keys

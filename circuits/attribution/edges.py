@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from circuits.capture import capture
 from circuits.metrics import MetricFn, metric_name
 from circuits.modelgraph.residual import ResidualGraph, norm_params, norm_vjp
-from circuits.options import Direction
+from circuits.options import Direction, runs
 
 from .common import IGPath, fold, path_runs
 from .result import AttributionResult
@@ -52,7 +52,7 @@ def transformer_edges(
 ) -> AttributionResult:
     """EAP (path=None) or EAP-IG scores for every edge of a TransformerLens model."""
     g = _Graph(model)
-    base, source = (clean, corrupt) if direction == "noise" else (corrupt, clean)
+    base, source = runs(direction, clean, corrupt)
     src = capture(model, source, sites=g.sender_sites, metric=metric)
     sites = list(dict.fromkeys([*g.sender_sites, *g.grad_sites, *g.act_sites]))
     run = capture(model, base, sites=sites if path is None else g.sender_sites, grads=path is None,
@@ -71,9 +71,7 @@ def transformer_edges(
             g.score(grads, acts, k, diffs, scores)
     scores = scores.masked_fill(~g.valid.to(scores.device), float("nan"))
     base_value, source_value = float(run.metric or 0.0), float(src.metric or 0.0)
-    clean_value, corrupt_value = (
-        (base_value, source_value) if direction == "noise" else (source_value, base_value)
-    )
+    clean_value, corrupt_value = runs(direction, base_value, source_value)
     return AttributionResult(
         scores=scores,
         axes=("source", "target"),

@@ -25,7 +25,7 @@ Method = Literal["attribution_patching", "integrated_gradients", "eap", "eap-ig"
 EdgeMethod = Literal["eap", "eap-ig"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AttributionPatching:
     """First-order estimate of patching each unit of `site`: (patched - current) . gradient.
 
@@ -45,33 +45,18 @@ class AttributionPatching:
         check_choice(self.direction, Direction, "direction")
 
 
-@dataclass(frozen=True)
-class IntegratedGradients:
-    """Integrated gradients of the metric on the input or one site, against the corrupted input
-    (or zeros): Captum's IntegratedGradients and LayerIntegratedGradients.
+@dataclass(frozen=True, kw_only=True)
+class PathOptions:
+    """The integration path of a path method: `steps` points placed by `rule` (`IGPath`; rule
+    names are Captum's), `max_batch` rows per forward pass (path points x batch), a progress
+    bar."""
 
-    site: None for the input (a float tensor; token embeddings `hook_embed` on a TransformerLens
-        model), or one site name (layer integrated gradients; completeness holds per site).
-    unit: as for attribution patching; None sums everything, "all" keeps Captum's shape.
-    steps, rule: the path quadrature (`IGPath`; rule names are Captum's).
-    max_batch: rows per forward pass (path points x batch). progress: a tqdm bar.
-    """
-
-    name: ClassVar[str] = "integrated_gradients"
-    site: str | None = None
-    unit: UnitSpec = None
     steps: int = 32
     rule: Rule = "gausslegendre"
     max_batch: int | None = None
     progress: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.site is not None and not isinstance(self.site, str):
-            raise ConfigError(
-                "integrated_gradients attributes one site at a time (completeness holds per "
-                f"site); got {self.site!r}: call it once per site, or use attribution_patching "
-                "for a sweep"
-            )
         IGPath(self.steps, self.rule)
         positive_int(self.max_batch, "max_batch", allow_none=True)
 
@@ -80,7 +65,32 @@ class IntegratedGradients:
         return IGPath(self.steps, self.rule)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
+class IntegratedGradients(PathOptions):
+    """Integrated gradients of the metric on the input or one site, against the corrupted input
+    (or zeros): Captum's IntegratedGradients and LayerIntegratedGradients.
+
+    site: None for the input (a float tensor; token embeddings `hook_embed` on a TransformerLens
+        model), or one site name (layer integrated gradients; completeness holds per site).
+    unit: as for attribution patching; None sums everything, "all" keeps Captum's shape.
+    steps (32), rule, max_batch, progress: `PathOptions`.
+    """
+
+    name: ClassVar[str] = "integrated_gradients"
+    site: str | None = None
+    unit: UnitSpec = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.site is not None and not isinstance(self.site, str):
+            raise ConfigError(
+                "integrated_gradients attributes one site at a time (completeness holds per "
+                f"site); got {self.site!r}: call it once per site, or use attribution_patching "
+                "for a sweep"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
 class EAP:
     """Edge attribution patching (Syed et al. 2023): every edge of the model's graph in one
     backward pass. TransformerLens models: embeddings, heads, MLPs, logits; conv nets: channels
@@ -97,34 +107,24 @@ class EAP:
         check_choice(self.direction, Direction, "direction")
 
 
-@dataclass(frozen=True)
-class EAPIG:
+@dataclass(frozen=True, kw_only=True)
+class EAPIG(PathOptions, EAP):
     """EAP-IG (Hanna et al. 2024): edge scores with the receivers' gradients integrated along the
     path between the runs; the input's edges add up to the metric difference.
 
-    direction, layers: as for EAP. steps, rule: the path quadrature (Hanna et al.'s recipe is
-    rule="riemann_left"; Gauss-Legendre needs fewer steps). max_batch, progress: as for IG.
+    direction, layers: as for EAP. steps (5), rule, max_batch, progress: `PathOptions` (Hanna et
+    al.'s recipe is rule="riemann_left"; Gauss-Legendre needs fewer steps).
     """
 
     name: ClassVar[str] = "eap-ig"
-    direction: Direction = "noise"
     steps: int = 5
-    rule: Rule = "gausslegendre"
-    layers: Sequence[str] | None = None
-    max_batch: int | None = None
-    progress: bool | None = None
 
     def __post_init__(self) -> None:
-        check_choice(self.direction, Direction, "direction")
-        IGPath(self.steps, self.rule)
-        positive_int(self.max_batch, "max_batch", allow_none=True)
-
-    @property
-    def path(self) -> IGPath:
-        return IGPath(self.steps, self.rule)
+        PathOptions.__post_init__(self)
+        EAP.__post_init__(self)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DirectEffects:
     """Feature-to-feature direct effects in the linearised model, on one input (corrupt and
     metric are None).

@@ -35,13 +35,15 @@ from circuits.adapters.transformer_lens import is_transformer_lens
 from circuits.capture import capture
 from circuits.errors import ConfigError, InputError, ShapeMismatchError
 from circuits.hooks import run
+from circuits.ids import metric_node, unit_node
 from circuits.metrics import MetricFn, metric_name, metric_value
+from circuits.options import runs
 from circuits.site import Site, expand_sites
 from circuits.units import UnitSpec, parse_unit
 
 from .common import DEFAULT_MAX_BATCH, POINTS, fold, path_runs, reduce_to, stack_padded
 from .methods import AttributionPatching, IntegratedGradients
-from .result import AttributionResult, output_node, unit_node
+from .result import AttributionResult
 
 INPUT = "input"
 
@@ -52,7 +54,7 @@ def score_units(
     """Attribution patching of every unit of `cfg.site`; scores with axes (["layer" | "site"],
     *unit) on the model's device."""
     direction = cfg.direction
-    base, source = (clean, corrupt) if direction == "noise" else (corrupt, clean)
+    base, source = runs(direction, clean, corrupt)
     site = _default_site(model, clean, cfg.site)
     if site is None:
         x_base, x_source = _float_input(base), _float_input(source)
@@ -77,9 +79,7 @@ def score_units(
         grads = {n: ran.grads[n] for n in names}
         base_value, source_value = float(ran.metric or 0.0), float(src.metric or 0.0)
     elementwise = {n: diffs[n] * grads[n] for n in names}
-    clean_value, corrupt_value = (
-        (base_value, source_value) if direction == "noise" else (source_value, base_value)
-    )
+    clean_value, corrupt_value = runs(direction, base_value, source_value)
     return _node_result(
         names, lead, infos, cfg.unit, elementwise, acts,
         method="attribution_patching", metric=metric_name(metric), direction=direction,
@@ -102,7 +102,7 @@ def score_ig(
         base_value = float(metric_value(metric, run(model, baseline).output))
     else:
         clean_run = capture(model, clean, sites=[name], metric=metric)
-        act, info, clean_value = clean_run[name], clean_run.sites[name], float(clean_run.metric)
+        act, info, clean_value = clean_run[name], clean_run.sites[name], clean_run.metric or 0.0
         baseline = torch.zeros_like(act)
         if corrupt is not None:
             baseline = capture(model, corrupt, sites=[name])[name]
@@ -158,7 +158,7 @@ def _node_result(
                 full = ((s,) if lead else ()) + index
                 row["_index"] = int(np.ravel_multi_index(full, tuple(scores.shape))) if full else 0
                 rows.append(row)
-        return (*rows, output_node(meta["metric"]))
+        return (*rows, metric_node(meta["metric"]))
 
     out: dict[str, tuple[Any, ...]] = {}
     if lead == "layer":

@@ -26,12 +26,12 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from circuits import site as sites
 from circuits.errors import ConfigError, InputError
-from circuits.ids import NodeId, node_row
+from circuits.ids import METRIC
+from circuits.options import warn_renamed
+from circuits.results import check_k
 
 NODE_COLUMNS = ("key", "kind", "site", "layer", "pos", "unit", "activation", "label")
-OUTPUT_KEY = "metric"
 
 
 @dataclass(frozen=True, eq=False)
@@ -110,19 +110,18 @@ class AttributionResult:
             flat = self.scores.detach().float().cpu().contiguous().flatten().numpy()
             weight = flat[[int(row["_index"]) for row in units]]
             keys = [row["key"] for row in units]
-            frame = pd.DataFrame({"source": keys, "target": OUTPUT_KEY, "weight": weight})
+            frame = pd.DataFrame({"source": keys, "target": METRIC, "weight": weight})
             frame = frame.dropna(subset=["weight"]).reset_index(drop=True)
         frame["method"] = self.method
         return frame[["source", "target", "weight", "method"]]
 
-    def top_edges(self, k: int = 10, *, by: Literal["abs", "value"] = "abs") -> pd.DataFrame:
+    def top(self, k: int = 10, *, by: Literal["abs", "value"] = "abs") -> pd.DataFrame:
         """The k edges with the largest |weight| (by="abs") or weight (by="value"), largest first.
 
         Edges are as computed (a head's query, key and value inputs apart); for node scores, the
         units with the largest attribution.
         """
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ConfigError(f"k must be a positive int, got {k!r}")
+        check_k(k)
         if by not in ("abs", "value"):
             raise ConfigError(f"by must be 'abs' or 'value', got {by!r}")
         frame = self.edge_frame()
@@ -130,6 +129,11 @@ class AttributionResult:
         return frame.loc[order.sort_values(ascending=False, kind="stable").index[:k]].reset_index(
             drop=True
         )
+
+    def top_edges(self, k: int = 10, *, by: Literal["abs", "value"] = "abs") -> pd.DataFrame:
+        """Deprecated name of `top` (one release)."""
+        warn_renamed("top_edges", "top")
+        return self.top(k, by=by)
 
     def graph_frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """(nodes_df, edges_df) for `circuits.graph.build_graph`.
@@ -199,49 +203,3 @@ def _merge_receivers(edges: pd.DataFrame, receivers: Mapping[str, tuple[str, str
         index = pd.MultiIndex.from_frame(merged[["source", "target"]])
         merged[f"weight_{part}"] = sub.reindex(index).to_numpy(dtype=np.float64)
     return merged
-
-
-def unit_node(
-    site: str, axes: tuple[str, ...], index: tuple[int, ...], *, activation: float
-) -> dict[str, Any]:
-    """The node row of one unit: position and spatial axes become pos / h / w, the first other
-    axis the unit index, and any further axes (batch, ...) named items of the key."""
-    where = dict(zip(axes, index, strict=True))
-    pos = where.pop("pos", -1)
-    h, w = (where.pop("h"), where.pop("w")) if "h" in where and "w" in where else (-1, -1)
-    rest = list(where.items())
-    unit = rest[0][1] if rest else -1
-    node = NodeId(site, int(unit), pos=int(pos), h=int(h), w=int(w), named=tuple(rest[1:]))
-    return node_row(
-        node,
-        node_kind(site, rest[0][0] if rest else None),
-        layer=layer_of(site),
-        activation=float(activation),
-    )
-
-
-def output_node(metric: str) -> dict[str, Any]:
-    """The metric as the graph's output node."""
-    return node_row(NodeId(OUTPUT_KEY), "output", site="", label=metric)
-
-
-def node_kind(site: str, unit_axis: str | None) -> str:
-    """The schema kind of a unit at `site` spanning `unit_axis` (None: the whole site)."""
-    leaf = site.rsplit(".", 1)[-1]
-    if site == "input" or leaf in ("hook_embed", "hook_pos_embed") or site.endswith(":input"):
-        return "input"
-    if unit_axis == "head":
-        return "head"
-    if unit_axis == "channel":
-        return "channel"
-    if unit_axis == "d_mlp":
-        return "neuron"
-    if leaf == "hook_mlp_out" and unit_axis is None:
-        return "mlp"
-    return "feature"
-
-
-def layer_of(site: str) -> int:
-    """The block index of a TransformerLens site name, or -1 (the graph schema's "none")."""
-    found = sites.layer_of(site)
-    return -1 if found is None else found

@@ -17,11 +17,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from circuits.capture.activations import capture
 from circuits.capture.cache import ActivationCache
 from circuits.errors import ConfigError, InputError, SchemaError, SiteNotFoundError, closest
+from circuits.loops import progress_bar
 from circuits.site import Site
 
 FORMAT = "circuits.disk/1"
@@ -36,7 +36,7 @@ def capture_to_disk(
     sites: str | list[str] | None = None,
     batch_size: int | None = None,
     overwrite: bool = False,
-    progress: bool = True,
+    progress: bool | None = None,
     **options: Any,
 ) -> DiskCache:
     """Capture `sites` over many batches into the folder `path`; returns the DiskCache.
@@ -53,16 +53,18 @@ def capture_to_disk(
     (folder / "index.json").unlink(missing_ok=True)
     shards: list[dict[str, Any]] = []
     axes: dict[str, list[str]] = {}
-    for i, batch in enumerate(tqdm(batches, total=total, desc="capture", disable=not progress)):
-        cache = capture(model, batch, sites=sites, **options)
-        tensors = {name: t.detach().contiguous() for name, t in cache.items()}
-        if options.get("grads"):
-            tensors.update({GRAD_PREFIX + n: g.contiguous() for n, g in cache.grads.items()})
-        file = f"shard_{i:05d}.safetensors"
-        save_file(tensors, str(folder / file))
-        rows = next(iter(cache.values())).shape[0]
-        shards.append({"file": file, "rows": rows})
-        axes = {name: list(site.axes) for name, site in cache.sites.items()}
+    with progress_bar(total, "capture", progress) as bar:
+        for i, batch in enumerate(batches):
+            cache = capture(model, batch, sites=sites, **options)
+            tensors = {name: t.detach().contiguous() for name, t in cache.items()}
+            if options.get("grads"):
+                tensors.update({GRAD_PREFIX + n: g.contiguous() for n, g in cache.grads.items()})
+            file = f"shard_{i:05d}.safetensors"
+            save_file(tensors, str(folder / file))
+            rows = next(iter(cache.values())).shape[0]
+            shards.append({"file": file, "rows": rows})
+            axes = {name: list(site.axes) for name, site in cache.sites.items()}
+            bar.update(1)
     if not shards:
         raise InputError("inputs yielded no batch; nothing was captured")
     index = {"format": FORMAT, "sites": axes, "shards": shards, "grads": bool(options.get("grads"))}

@@ -30,7 +30,6 @@ import pandas as pd
 from circuits.errors import InputError
 from circuits.graph._util import paused_gc
 from circuits.graph.prune import (
-    Outputs,
     PruneOptions,
     merge_thresholds,
     output_weights,
@@ -45,6 +44,7 @@ from circuits.graph.schema import (
     validate,
     validate_nodes,
 )
+from circuits.options import configure
 
 NodeRows: TypeAlias = pd.DataFrame | Sequence[Mapping[str, Any]]
 
@@ -58,23 +58,21 @@ class GraphSource(Protocol):
 
 def build_graph(
     edges: pd.DataFrame | GraphSource,
+    options: PruneOptions | None = None,
     *,
     nodes: NodeRows | None = None,
     meta: Mapping[str, Any] | None = None,
-    threshold: float | None = None,
-    top_k: int | None = None,
-    influence: float | None = None,
-    edge_influence: float | None = None,
-    outputs: Outputs = None,
+    **keywords: Any,
 ) -> nx.DiGraph:
     """A validated circuit graph from an edge table (and node table), pruned if asked.
 
     edges: a DataFrame with ``source``, ``target``, ``weight`` (and optional ``method``), or a
     `GraphSource`. nodes: the node table; without one, nodes are the edge endpoints, of kind
-    "feature". meta: provenance for ``g.graph`` (model, method, metric, seed, ...). With any
-    pruning option, only what survives pruning is built; see `circuits.graph.prune.prune`.
+    "feature". meta: provenance for ``g.graph`` (model, method, metric, seed, ...).
+    options, keywords: pruning, as a `PruneOptions` or its fields as keywords (threshold, top_k,
+    influence, edge_influence, outputs); only what survives is built (see `prune`).
     """
-    options = PruneOptions(threshold, top_k, influence, edge_influence)
+    options = configure(PruneOptions, options, keywords, what="pruning")
     meta = dict(meta or {})
     if isinstance(edges, GraphSource) and not isinstance(edges, pd.DataFrame):
         source = edges
@@ -91,21 +89,20 @@ def build_graph(
     method = str(graph_meta["method"] or "unknown")
     keys, attrs = _node_rows(nodes, edges)
     src, dst, weight = _edge_arrays(edges, keys)
-    prune_asked = any(v is not None for v in (threshold, top_k, influence, outputs))
     node_mask = np.ones(len(keys), dtype=bool)
     edge_mask = np.ones(src.shape[0], dtype=bool)
-    if prune_asked:
+    if options.asked:
         kinds = [a["kind"] for a in attrs]
         is_input = np.asarray([k == "input" for k in kinds], dtype=bool)
         result = prune_arrays(
-            src, dst, weight, is_input=is_input, out_w=output_weights(keys, kinds, outputs),
+            src, dst, weight, is_input=is_input, out_w=output_weights(keys, kinds, options.outputs),
             options=options, keys=keys,
         )  # fmt: skip
         node_mask, edge_mask = result.node_mask, result.edge_mask
         if result.influence is not None:
             for i in np.flatnonzero(node_mask):
                 attrs[i]["influence"] = float(result.influence[i])
-        record = options.record(outputs, len(keys), int(src.shape[0]))
+        record = options.record(len(keys), int(src.shape[0]))
         graph_meta["thresholds"] = merge_thresholds(graph_meta["thresholds"], record)
     g = nx.DiGraph()
     g.graph.update(graph_meta)

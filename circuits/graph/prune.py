@@ -38,18 +38,27 @@ from circuits.graph import dag
 from circuits.graph._util import paused_gc
 from circuits.graph.dag import BoolArray, FloatArray, IntArray
 from circuits.graph.schema import check_edge, validate_nodes
+from circuits.options import configure
 
 Outputs: TypeAlias = Sequence[str] | Mapping[str, float] | None
 
 
 @dataclass(frozen=True)
 class PruneOptions:
-    """Validated pruning settings; every one is optional."""
+    """Validated pruning settings (module docstring); every one is optional. `prune` and
+    `build_graph` take this config or its fields as keywords.
+
+    threshold: drop edges with |weight| below it. top_k: keep the k largest |weight| edges.
+    influence: keep the nodes carrying this share (0..1) of the total influence on the outputs,
+    then the edges carrying `edge_influence` (default 0.98). outputs: the output node keys
+    (default: nodes of kind "output"), or a mapping key -> weight.
+    """
 
     threshold: float | None = None
     top_k: int | None = None
     influence: float | None = None
     edge_influence: float | None = None
+    outputs: Outputs = None
 
     def __post_init__(self) -> None:
         t = self.threshold
@@ -65,8 +74,16 @@ class PruneOptions:
         if self.edge_influence is not None and self.influence is None:
             raise ConfigError("edge_influence needs influence= too (node pruning comes first)")
 
-    def record(self, outputs: Outputs, n_nodes: int, n_edges: int) -> dict[str, Any]:
+    @property
+    def asked(self) -> bool:
+        """Whether any pruning was asked for."""
+        return any(
+            v is not None for v in (self.threshold, self.top_k, self.influence, self.outputs)
+        )
+
+    def record(self, n_nodes: int, n_edges: int) -> dict[str, Any]:
         """The settings as they go into ``g.graph["thresholds"]``."""
+        outputs = self.outputs
         out: dict[str, Any] = {"candidates": {"nodes": n_nodes, "edges": n_edges}}
         if self.threshold is not None:
             out["threshold"] = float(self.threshold)
@@ -185,32 +202,22 @@ def merge_thresholds(old: object, new: Mapping[str, Any]) -> str:
     return json.dumps(merged, sort_keys=True)
 
 
-def prune(
-    g: nx.DiGraph,
-    *,
-    threshold: float | None = None,
-    top_k: int | None = None,
-    influence: float | None = None,
-    edge_influence: float | None = None,
-    outputs: Outputs = None,
-) -> nx.DiGraph:
+def prune(g: nx.DiGraph, options: PruneOptions | None = None, **keywords: Any) -> nx.DiGraph:
     """A pruned copy of `g` (the input is never changed); see the module docstring.
 
-    threshold: drop edges with |weight| below it. top_k: keep the k largest |weight| edges.
-    influence: keep the nodes carrying this share (0..1) of the total influence on the outputs,
-    then the edges carrying `edge_influence` (default 0.98). outputs: the output node keys
-    (default: nodes of kind "output"), or a mapping key -> weight. Nodes off every
-    input-to-output path are always dropped. The settings are recorded in
-    ``g.graph["thresholds"]``; influence pruning also sets each kept node's ``influence``.
-    `build_graph` takes the same options and prunes before building (faster for big graphs).
+    options, keywords: a `PruneOptions`, or its fields as keywords (threshold, top_k, influence,
+    edge_influence, outputs). Nodes off every input-to-output path are always dropped. The
+    settings are recorded in ``g.graph["thresholds"]``; influence pruning also sets each kept
+    node's ``influence``. `build_graph` takes the same options and prunes before building
+    (faster for big graphs).
     """
     validate_nodes(g)
-    options = PruneOptions(threshold, top_k, influence, edge_influence)
+    options = configure(PruneOptions, options, keywords, what="pruning")
     with paused_gc():
-        return _prune_graph(g, options, outputs)
+        return _prune_graph(g, options)
 
 
-def _prune_graph(g: nx.DiGraph, options: PruneOptions, outputs: Outputs) -> nx.DiGraph:
+def _prune_graph(g: nx.DiGraph, options: PruneOptions) -> nx.DiGraph:
     keys = list(g.nodes)
     index = {k: i for i, k in enumerate(keys)}
     edges: list[tuple[str, str, dict[str, Any]]] = []
@@ -230,7 +237,7 @@ def _prune_graph(g: nx.DiGraph, options: PruneOptions, outputs: Outputs) -> nx.D
     weight = np.asarray(weights, dtype=np.float64)
     kinds = [g.nodes[k]["kind"] for k in keys]
     is_input = np.asarray([k == "input" for k in kinds], dtype=bool)
-    out_w = output_weights(keys, kinds, outputs)
+    out_w = output_weights(keys, kinds, options.outputs)
     result = prune_arrays(
         np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64), weight,
         is_input=is_input, out_w=out_w, options=options, keys=keys,
@@ -238,7 +245,7 @@ def _prune_graph(g: nx.DiGraph, options: PruneOptions, outputs: Outputs) -> nx.D
     h = nx.DiGraph()
     h.graph.update(g.graph)
     h.graph["thresholds"] = merge_thresholds(
-        g.graph.get("thresholds"), options.record(outputs, len(keys), m)
+        g.graph.get("thresholds"), options.record(len(keys), m)
     )
     for i in np.flatnonzero(result.node_mask):
         attrs = dict(g.nodes[keys[i]])

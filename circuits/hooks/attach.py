@@ -27,6 +27,7 @@ from circuits.errors import (
 from circuits.site import Site, SiteRef, resolve
 
 HookFn = Callable[[Tensor, Site], "Tensor | None"]
+MARK = "__circuits_hook__"  # set on every hook this module registers (see hook_count)
 
 
 @contextmanager
@@ -102,9 +103,19 @@ def require_once(names: Sequence[str], fired: Counter[str]) -> None:
 
 
 def hook_count(model: nn.Module) -> int:
-    """Number of forward, forward-pre, backward and backward-pre hooks on all of `model`'s parts."""
+    """How many hooks circuits has on `model` right now: 0 outside a `hooks` block or a run.
+
+    Only this library's hooks are counted (each is marked when registered): TransformerLens 4's
+    bridge registers hooks of its own on a first forward pass, which are not a leak.
+    """
     kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-    return sum(len(getattr(mod, kind, {})) for mod in model.modules() for kind in kinds)
+    return sum(
+        1
+        for mod in model.modules()
+        for kind in kinds
+        for fn in getattr(mod, kind, {}).values()
+        if getattr(fn, MARK, False)
+    )
 
 
 def _register(ref: SiteRef, fn: HookFn, fired: Counter[str], tensors_only: bool) -> RemovableHandle:
@@ -143,7 +154,12 @@ def _register(ref: SiteRef, fn: HookFn, fired: Counter[str], tensors_only: bool)
         return new if conversion is None else conversion.revert(new)
 
     if ref.io == "output":
-        return ref.module.register_forward_hook(lambda _mod, _args, out: apply(out))
+
+        def post(_mod: nn.Module, _args: Any, out: Any) -> Any:
+            return apply(out)
+
+        setattr(post, MARK, True)
+        return ref.module.register_forward_hook(post)
 
     def pre(_mod: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         if not args:
@@ -151,4 +167,5 @@ def _register(ref: SiteRef, fn: HookFn, fired: Counter[str], tensors_only: bool)
         new = apply(args[0])
         return None if new is None else (new, *args[1:])
 
+    setattr(pre, MARK, True)
     return ref.module.register_forward_pre_hook(pre)

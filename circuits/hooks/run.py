@@ -9,20 +9,22 @@ site, in this order:
 
 1. record: the arriving activation is kept (detached, or connected to the autograd graph with
    `grad=True`; a copy where later in-place ops could rewrite it; `keep` may shrink it first).
-2. replace: a tensor takes the activation's place, or a function `fn(act, site)` returns the
+2. freeze: the site is held at a value with no gradient: its own (`freeze=[names]`, each call's
+   value kept in `frozen` for another run) or one given per call (`freeze={name: values}`, as
+   `frozen` holds them). A frozen site may run several times (HookedTransformer's ln1 runs once
+   each for queries, keys and values); every call is held.
+3. replace: a tensor takes the activation's place, or a function `fn(act, site)` returns the
    replacement (None leaves it unchanged); either is checked for shape, dtype and device.
-3. stop: after `stop_after` has run, the forward pass ends there and `output` is None.
+4. stop: after `stop_after` has run, the forward pass ends there and `output` is None.
 
-To freeze a site at its value in another run, record it there and replace it with that value
-here (a recorded tensor carries no gradient, so a frozen site also stops gradients).
-Each hooked site must run exactly once (`calls="once"`, the default): one that never runs or runs
-twice is an error, not a silent no-op or a mix of calls.
+Each other hooked site must run exactly once (`calls="once"`, the default): one that never runs
+or runs twice is an error, not a silent no-op or a mix of calls.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -45,6 +47,7 @@ class Ran:
 
     output: Any
     recorded: dict[str, Tensor] = field(default_factory=dict)
+    frozen: dict[str, list[Tensor]] = field(default_factory=dict)
     sites: dict[str, Site] = field(default_factory=dict)
     fired: Counter[str] = field(default_factory=Counter)
 
@@ -56,6 +59,7 @@ def run(
     replace: Mapping[str, Replacement] | None = None,
     record: Sequence[str] = (),
     keep: Keep | None = None,
+    freeze: Sequence[str] | Mapping[str, Sequence[Tensor]] = (),
     stop_after: str | None = None,
     grad: bool = False,
     forward: Callable[[], Any] | None = None,
@@ -65,6 +69,7 @@ def run(
     """Run `model(inputs)` once with activations recorded and replaced (module docstring).
 
     keep: applied to each recorded activation as it is stored (select positions, cast, offload).
+    freeze: sites held at their own values (a list) or at given ones, call by call (a mapping).
     grad: run with autograd on; recorded activations stay on the graph (one that needs no
         gradient becomes a leaf that does, and the pass goes on from it).
     forward: runs the model instead of `model(inputs)` (a resumed pass over some blocks).
@@ -72,9 +77,11 @@ def run(
         (`fired` has the counts). tensors_only: a site carrying a non-tensor is a ModelError.
     """
     replace = dict(replace or {})
-    names = list(dict.fromkeys([*record, *replace, *([stop_after] if stop_after else [])]))
+    once = list(dict.fromkeys([*record, *replace, *([stop_after] if stop_after else [])]))
+    held = {n: iter(v) for n, v in freeze.items()} if isinstance(freeze, Mapping) else {}
+    names = list(dict.fromkeys([*once, *freeze]))
     wanted = set(record)
-    ran = Ran(output=None)
+    ran = Ran(output=None, frozen={n: [] for n in freeze})
 
     def hook(name: str) -> HookFn:
         new = replace.get(name)
@@ -86,6 +93,9 @@ def run(
             out = None
             if name in wanted:
                 ran.recorded[name], out = _record(act, site, shared[name], grad, keep)
+            if name in ran.frozen:
+                out = _hold(act, name, held.get(name))
+                ran.frozen[name].append(out)
             if new is not None:
                 out = new(act, site) if callable(new) else new
             if name == stop_after:
@@ -102,8 +112,9 @@ def run(
             except _Stop:
                 ran.output = None
     ran.fired = fired
+    require_fired(list(freeze), fired)
     if calls == "once":
-        require_once(names, fired)
+        require_once(once, fired)
     elif stop_after is not None and fired[stop_after] == 0:
         require_fired([stop_after], fired)
     return ran
@@ -128,6 +139,19 @@ def run_model(model: nn.Module, inputs: Any) -> Any:
             "Check the input's shape, dtype and range (token ids below d_vocab, at most n_ctx "
             "positions; images as batch x channel x h x w)."
         ) from err
+
+
+def _hold(act: Tensor, name: str, values: Iterator[Tensor] | None) -> Tensor:
+    """The value a frozen site is held at on this call: its own, or the next one given."""
+    if values is None:
+        return act.detach()
+    value = next(values, None)
+    if value is None:
+        raise InputError(
+            f"site {name!r} ran more often than in the run its frozen values came from; freeze "
+            "it with values from a run of the same inputs"
+        )
+    return value.detach()
 
 
 def _record(

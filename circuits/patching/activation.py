@@ -25,7 +25,7 @@ from circuits.hooks.variants import Budget, SitePatch, base_run
 from circuits.inputs import check_pair
 from circuits.loops import chunks, progress_bar
 from circuits.metrics import MetricFn, check_metric, metric_name, metric_value
-from circuits.options import Ablation, Direction, check_choice, configure
+from circuits.options import Ablation, Direction, check_choice, configure, runs
 from circuits.site import expand_sites, resolve
 from circuits.units import UnitSpec, parse_unit, unit_mask
 
@@ -78,7 +78,7 @@ def patch(
             raise ConfigError(
                 "corrupt is None: pass corrupted inputs, or ablation='zero' / 'mean' / 'resample'"
             )
-        direction = check_choice(direction or "denoise", Direction, "direction")
+        chosen: Direction = check_choice(direction or "denoise", Direction, "direction")
         check_pair(clean, corrupt)
     else:
         check_choice(ablation, ABLATIONS, "ablation")
@@ -86,17 +86,16 @@ def patch(
             raise ConfigError("ablation replaces corrupted inputs: pass corrupt=None with it")
         if direction not in (None, "noise"):
             raise ConfigError("ablation runs the clean input (direction='noise'); omit direction")
+        chosen = "noise"
     names, lead, lead_coords = expand_sites(model, site)
     resolve(model, names)
     check_editable(model, names)
 
-    base = corrupt if direction == "denoise" else clean
+    base, source = runs(chosen, clean, corrupt)
     source_value = None
     run = base_run(model, base, metric, sites=names, budget=budget)
     if ablation is None:
-        src = capture(
-            model, clean if direction == "denoise" else corrupt, sites=names, metric=metric
-        )
+        src = capture(model, source, sites=names, metric=metric)
         source_value = src.metric
         _check_shapes(src, run.sites, "source")
         sources = ablation_values(src, "patch", batch=run.batch)
@@ -136,9 +135,8 @@ def patch(
     coords_out = {lead: tuple(lead_coords)} if lead else {}
     coords_out.update({a: tuple(c) for a, c in zip(axes, longest, strict=True)})
     if ablation is None:
-        clean_value = source_value if direction == "denoise" else run.value
-        corrupt_value = run.value if direction == "denoise" else source_value
-        method = str(direction)
+        clean_value, corrupt_value = runs(chosen, run.value, source_value)
+        method = str(chosen)
     else:
         clean_value, corrupt_value, method = run.value, None, str(ablation)
     return PatchingResult(
@@ -150,6 +148,7 @@ def patch(
         corrupt_value=corrupt_value,
         method=method,
         metric=metric_name(metric),
+        sites=tuple(names),
     )
 
 

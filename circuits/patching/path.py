@@ -37,7 +37,7 @@ from circuits.hooks.variants import BaseRun, Budget, SitePatch, base_run
 from circuits.inputs import check_pair
 from circuits.loops import chunks, progress_bar
 from circuits.metrics import MetricFn, check_metric, metric_name, metric_value
-from circuits.options import Direction, check_choice, configure
+from circuits.options import Direction, check_choice, configure, runs
 from circuits.site import Site, layer_of, resolve
 from circuits.units import index_mask
 
@@ -89,7 +89,7 @@ def path_patch(
     resolve(model, every)
     check_editable(model, every)
 
-    base, source = (corrupt, clean) if direction == "denoise" else (clean, corrupt)
+    base, source = runs(direction, clean, corrupt)
     src = capture(model, source, sites=send_sites, metric=metric)
     run = base_run(model, base, metric, sites=every, budget=budget)
     k = run.per_pass
@@ -99,9 +99,7 @@ def path_patch(
         recorded = _sender_pass(run, send, recv, frozen, src, metric, values, k, bar)
         _receiver_pass(run, send, recv, recorded, metric, values, k, bar)
 
-    clean_value, corrupt_value = (
-        (src.metric, run.value) if direction == "denoise" else (run.value, src.metric)
-    )
+    clean_value, corrupt_value = runs(direction, run.value, src.metric)
     return PatchingResult(
         values=values,
         axes=("sender", "receiver"),

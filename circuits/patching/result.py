@@ -11,6 +11,10 @@ import torch
 from torch import Tensor
 
 from circuits.errors import ConfigError, MetricError
+from circuits.ids import METRIC, NodeId, metric_node, node_row, unit_node
+from circuits.results import check_k
+
+from .nodes import OUTPUT
 
 Quantity = Literal["effect", "value", "normalised"]
 
@@ -28,6 +32,8 @@ class PatchingResult:
     clean_value, corrupt_value: the metric on the clean and corrupted runs (None if not run).
     method: "denoise", "noise", "zero", "mean", "resample", or "path/denoise", "path/noise".
     metric: the metric's name.
+    sites: the patched site of each index of the leading axis ("layer" / "site"), or the one site
+        (activation patching; empty for path patching, whose senders and receivers name theirs).
     """
 
     values: Tensor
@@ -38,6 +44,7 @@ class PatchingResult:
     corrupt_value: float | None
     method: str
     metric: str = "metric"
+    sites: tuple[str, ...] = ()
 
     @property
     def effects(self) -> Tensor:
@@ -74,10 +81,41 @@ class PatchingResult:
             frame["normalised"] = (frame["value"] - corrupt) / (clean - corrupt)
         return frame.dropna(subset=["value"]).reset_index(drop=True)
 
-    def top(self, n: int = 10) -> pd.DataFrame:
-        """The n units with the largest absolute effect, largest first."""
+    def top(self, k: int = 10) -> pd.DataFrame:
+        """The k units (or paths) with the largest absolute effect, largest first."""
+        check_k(k)
         frame = self.to_frame()
-        return frame.loc[frame["effect"].abs().sort_values(ascending=False).index[:n]]
+        return frame.loc[frame["effect"].abs().sort_values(ascending=False).index[:k]]
+
+    def graph_frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(nodes, edges) for `cc.build_graph`: each patched unit -> the metric, or each sender
+        -> receiver path, weighted by its effect."""
+        frame = self.to_frame()
+        nodes: dict[str, dict[str, Any]] = {}
+        ends: list[tuple[str, str]] = []
+        if self.axes[:2] == ("sender", "receiver"):
+            for sender, receiver in zip(frame["sender"], frame["receiver"], strict=True):
+                a, b = _labelled_node(sender), _labelled_node(receiver)
+                nodes.update({a["key"]: a, b["key"]: b})
+                ends.append((a["key"], b["key"]))
+        else:
+            lead = self.axes[0] if self.axes and self.axes[0] in ("layer", "site") else None
+            units = [a for a in self.axes if a != lead]
+            where = {c: i for i, c in enumerate(self.coords[lead])} if lead else {}
+            nodes[METRIC] = metric_node(self.metric)
+            for row in frame.to_dict("records"):
+                site = self.sites[where[row[lead]]] if lead else self.sites[0]
+                node = unit_node(site, units, [row[a] for a in units])
+                nodes[node["key"]] = node
+                ends.append((node["key"], METRIC))
+        edges = pd.DataFrame(ends, columns=["source", "target"])
+        edges["weight"] = frame["effect"].to_numpy()
+        edges["method"] = f"patching/{self.method}"
+        return pd.DataFrame(list(nodes.values())), edges
+
+    def graph_meta(self) -> dict[str, Any]:
+        """Provenance for the graph builder's `g.graph`."""
+        return {"method": f"patching/{self.method}", "metric": self.metric}
 
     def plot(self, *, quantity: Quantity = "effect", title: str | None = None) -> Any:
         """A plotly figure: a bar chart for one axis, a heatmap for two, one heatmap per leading
@@ -139,3 +177,11 @@ class PatchingResult:
 def _max_abs(t: Tensor) -> float:
     finite = t[~torch.isnan(t)]
     return float(finite.abs().max()) if finite.numel() else float("nan")
+
+
+def _labelled_node(label: str) -> dict[str, Any]:
+    """The node row of a path-patching sender or receiver, from its label (`site[head=3]`)."""
+    if label == OUTPUT:
+        return node_row(NodeId(OUTPUT), "output", label=OUTPUT)
+    node = NodeId.parse(label)
+    return unit_node(node.site, [a for a, _ in node.named], [i for _, i in node.named])

@@ -16,7 +16,8 @@ import dataclasses
 import functools
 import logging
 import math
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import InitVar, dataclass
 from typing import Any, Literal
 
 import torch
@@ -24,6 +25,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from circuits.errors import ConfigError
+from circuits.options import configure, warn_renamed
 from circuits.probes import solvers
 from circuits.probes.data import (
     POOLS,
@@ -53,14 +55,28 @@ KINDS = ("logistic", "linear", "mass_mean")
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    """Options of a probe fit; see `fit_probe` for what each means."""
+    """Options of a probe fit, validated here; `fit_probe` and `probe_sweep` take this config
+    or its fields as keywords.
+
+    kind: "logistic" (L2-regularised, binary or softmax; `C` as scikit-learn's
+        LogisticRegression), "linear" (ridge regression, `alpha` as scikit-learn's Ridge) or
+        "mass_mean" (difference of class means in raw activation space; `whiten` multiplies by
+        the inverse within-class covariance plus `ridge` times its mean variance: LDA).
+    standardise: fit on features scaled to mean 0, std 1 with the training split's statistics
+        (logistic and linear; directions are reported in raw and standardised space either way).
+    test_fraction, seed: size of the held-out split (stratified by class) and its seed.
+    control: also fit the control task (module docstring) to report selectivity.
+    pool, feature_axis: how activations with more than two axes become [n, d] (None, "mean",
+        "max", "flatten", "stack"; see circuits.probes.data), and which axis holds the features.
+    tol, max_iter: logistic solver stopping rule (largest gradient entry of the mean loss).
+    """
 
     kind: Kind = "logistic"
     C: float = 1.0
     alpha: float = 1.0
     whiten: bool = False
     ridge: float = 1e-3
-    standardize: bool = True
+    standardise: bool = True
     test_fraction: float = 0.2
     control: bool = True
     seed: int = 0
@@ -68,8 +84,12 @@ class ProbeConfig:
     feature_axis: int = -1
     tol: float = 1e-4
     max_iter: int = 100
+    standardize: InitVar[bool | None] = None  # the old spelling of standardise, for one release
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, standardize: bool | None) -> None:
+        if standardize is not None:
+            warn_renamed("standardize", "standardise")
+            object.__setattr__(self, "standardise", standardize)
         if self.kind not in KINDS:
             raise ConfigError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if self.pool is not None and self.pool not in POOLS:
@@ -90,52 +110,33 @@ class ProbeConfig:
             raise ConfigError(f"max_iter must be a positive int, got {self.max_iter!r}")
 
     @classmethod
-    def option_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
+    def of(cls, config: ProbeConfig | None, options: Mapping[str, Any]) -> ProbeConfig:
+        """`config` (or the defaults) with `options` set."""
+        return configure(cls, config, options, what="probe")
 
 
 def fit_probe(
     acts: Float[Tensor, "n ..."],
     labels: Labels,
+    config: ProbeConfig | None = None,
     *,
-    kind: Kind = "logistic",
-    C: float = 1.0,
-    alpha: float = 1.0,
-    whiten: bool = False,
-    ridge: float = 1e-3,
-    standardize: bool = True,
-    test_fraction: float = 0.2,
-    control: bool = True,
     types: Labels | None = None,
-    seed: int = 0,
-    pool: Pool | None = None,
-    feature_axis: int = -1,
-    tol: float = 1e-4,
-    max_iter: int = 100,
     site: str | None = None,
+    **options: Any,
 ) -> ProbeResult:
     """Fit a linear probe reading `labels` out of `acts`; returns a ProbeResult.
 
-    acts: [n, d], or more axes reduced as `pool` says (None, "mean", "max", "flatten", "stack";
-        see circuits.probes.data); `feature_axis` names the feature axis (-1; 1 for conv channels).
+    acts: [n, d], or more axes reduced as the config's `pool` says; `feature_axis` names the
+        feature axis (-1; 1 for conv channels).
     labels: one per sample (classes of any type for logistic / mass_mean; numbers [n] or [n, t]
         for linear).
-    kind: "logistic" (L2-regularised, binary or softmax; `C` as scikit-learn's
-        LogisticRegression), "linear" (ridge regression, `alpha` as scikit-learn's Ridge) or
-        "mass_mean" (difference of class means in raw activation space; `whiten` multiplies by
-        the inverse within-class covariance plus `ridge` times its mean variance: LDA).
-    standardize: fit on features scaled to mean 0, std 1 with the training split's statistics
-        (logistic and linear; directions are reported in raw and standardised space either way).
-    test_fraction, seed: size of the held-out split (stratified by class) and its seed.
-    control, types: also fit the control task (module docstring) to report selectivity.
-    tol, max_iter: logistic solver stopping rule (largest gradient entry of the mean loss).
+    config, options: a `ProbeConfig`, or its fields as keywords (kind, C, alpha, whiten, ridge,
+        standardise, test_fraction, control, seed, pool, feature_axis, tol, max_iter); keywords
+        override the config's fields.
+    types: one per sample (e.g. token ids) for Hewitt & Liang's control task (module docstring).
     Runs on the activations' device, in float32 (float64 for the small d x d solves).
     """
-    config = ProbeConfig(
-        kind=kind, C=C, alpha=alpha, whiten=whiten, ridge=ridge, standardize=standardize,
-        test_fraction=test_fraction, control=control, seed=seed, pool=pool,
-        feature_axis=feature_axis, tol=tol, max_iter=max_iter,
-    )  # fmt: skip
+    config = ProbeConfig.of(config, options)
     acts = as_tensor(acts)
     x, layout = to_matrix(acts, pool=config.pool, feature_axis=config.feature_axis)
     return fit_matrix(x, labels, layout=layout, n_inputs=acts.shape[0], config=config,
@@ -203,7 +204,7 @@ class _Training:
     The binary logistic solver reads x in place through the split mask and the statistics (no
     copy); the softmax and closed-form solvers get one standardised copy of the training rows,
     made on first use and shared by the task and control fits. Data are always centred (a bias
-    absorbs it); `standardize` decides whether they are also scaled.
+    absorbs it); `standardise` decides whether they are also scaled.
     """
 
     def __init__(self, x: Tensor, train: Tensor, config: ProbeConfig, *, n_classes: int) -> None:
@@ -212,7 +213,7 @@ class _Training:
         if len(train) < x.shape[0]:
             self.rows = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
             self.rows[train] = True
-        self.mean, self.scale = standardise(x, self.rows, scale=config.standardize)
+        self.mean, self.scale = standardise(x, self.rows, scale=config.standardise)
         self._copy: Tensor | None = None
 
     def fit(self, y: Tensor) -> LinearFit:

@@ -20,9 +20,13 @@ from torch import Tensor
 
 from circuits.errors import ConfigError, ShapeMismatchError
 from circuits.features import DirectionBasis
+from circuits.options import warn_renamed
 from circuits.probes.data import Layout, as_tensor, project, to_matrix
+from circuits.results import check_k
 
 if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
     from circuits.probes.fit import ProbeConfig
 
 
@@ -85,13 +89,17 @@ class ProbeResult:
             return out.reshape(-1, *layout.extra, *out.shape[1:])
         return out
 
-    def as_basis(self, *, normalize: bool = True) -> DirectionBasis:
+    def as_basis(self, *, normalise: bool = True, normalize: bool | None = None) -> DirectionBasis:
         """The probe's directions as a DirectionBasis over the raw activation's feature axis.
 
         Raw-space directions (standardisation folded in), so projecting raw activations onto
         them separates the classes. Not available for pool='flatten' on activations with more
         than two axes: those directions span several axes, not one feature axis.
+        normalise: unit-length directions (`normalize` is the old spelling, for one release).
         """
+        if normalize is not None:
+            warn_renamed("normalize", "normalise")
+            normalise = normalize
         if self.layout.pool == "flatten" and self.layout.extra:
             raise ConfigError(
                 "a probe fit with pool='flatten' has directions over several axes of the "
@@ -107,8 +115,9 @@ class ProbeResult:
             labels = [f"{name}:{self.kind}:{c}" for c in self.classes]
         dim = self.layout.feature_axis - self.layout.ndim
         return DirectionBasis(
-            self.direction, dim=dim, site=self.site, labels=tuple(labels), normalize=normalize
-        )
+            self.direction, dim=dim, site=self.site, labels=tuple(labels),
+            normalise=normalise,
+        )  # fmt: skip
 
     def summary(self) -> dict[str, Any]:
         """The headline figures as one flat dict (a row of `probe_sweep`'s frame)."""
@@ -141,6 +150,41 @@ class ProbeResult:
                 "support": list(self.support),
             }
         )
+
+    def top(self, k: int = 10) -> pd.DataFrame:
+        """The k features with the largest |weight| in the standardised direction (each output
+        row: one for two classes or one target, else one per class), largest first."""
+        check_k(k)
+        w = self.direction_std.detach().float().cpu()
+        names = (
+            [self.classes[1]] if self.metric != "r2" and len(self.classes) == 2
+            else list(self.classes) if self.metric != "r2"
+            else [f"target{i}" for i in range(w.shape[0])]
+        )  # fmt: skip
+        rows = [
+            {"output": names[r], "feature": f, "weight": float(w[r, f])}
+            for r in range(w.shape[0])
+            for f in range(w.shape[1])
+        ]
+        frame = pd.DataFrame(rows)
+        order = frame["weight"].abs().sort_values(ascending=False, kind="stable").index[:k]
+        return frame.loc[order].reset_index(drop=True)
+
+    def plot(self, *, title: str | None = None) -> go.Figure:
+        """Train, test and control scores beside chance, as bars."""
+        import plotly.graph_objects as go
+
+        names = ["train", "test", "control", "chance"]
+        values = [self.train_score, self.test_score, self.control_score, self.chance]
+        fig = go.Figure(go.Bar(x=names, y=values, marker_color=["#9ecae1", "#3182bd",
+                                                                "#fd8d3c", "#bdbdbd"]))  # fmt: skip
+        where = f" at {self.site}" if self.site else ""
+        fig.update_layout(
+            title=title or f"{self.kind} probe{where}: {self.metric}",
+            yaxis_title=self.metric,
+            xaxis_title="",
+        )
+        return fig
 
     def __repr__(self) -> str:
         where = f"{self.site!r}, " if self.site else ""

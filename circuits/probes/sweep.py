@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from circuits.adapters.torch_module import generic_axes
 from circuits.capture import ActivationCache, Index, capture, select, site_list
 from circuits.errors import ConfigError, InputError, ShapeMismatchError
-from circuits.probes.data import Labels, Layout, Pool, as_tensor, to_matrix
-from circuits.probes.fit import Kind, ProbeConfig, fit_matrix
+from circuits.loops import progress_bar
+from circuits.probes.data import Labels, Layout, as_tensor, to_matrix
+from circuits.probes.fit import ProbeConfig, fit_matrix
 from circuits.site import Site
 
 if TYPE_CHECKING:
@@ -34,16 +34,15 @@ def probe_sweep(
     source: nn.Module | ActivationCache,
     inputs: Any = None,
     labels: Labels | None = None,
+    config: ProbeConfig | None = None,
     *,
     sites: str | Sequence[str] | None = None,
-    kind: Kind = "logistic",
-    pool: Pool | None = None,
     feature_axis: int | str | None = None,
     positions: Index | None = None,
     batch_size: int | None = None,
     device: torch.device | str | None = None,
     types: Labels | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     **options: Any,
 ) -> pd.DataFrame:
     """Fit one probe per site; one row per site (ProbeResult.summary() plus the `probe` itself).
@@ -56,16 +55,16 @@ def probe_sweep(
     feature_axis: the feature axis of each site: an index, an axis name ("d_model"), or None for
         "channel" where a site has one, else the last axis.
     device: where activations are kept and probes fit (e.g. "cuda"); default: where captured.
-    options: the other `fit_probe` options (C, alpha, whiten, ridge, standardize, test_fraction,
-        control, seed, tol, max_iter).
+    config, options: the probe's `ProbeConfig`, or its fields as keywords (kind, pool, C, alpha,
+        whiten, ridge, standardise, test_fraction, control, seed, tol, max_iter), as for
+        `fit_probe`; the feature axis is this function's own `feature_axis`.
+    progress: tqdm bars over batches and sites (None: only on a terminal).
     """
     if labels is None:
         raise ConfigError("probe_sweep needs labels=..., one per input")
-    valid = [n for n in ProbeConfig.option_names() if n not in ("kind", "pool", "feature_axis")]
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ConfigError(f"unknown probe option(s) {unknown}; choose from {valid}")
-    config = ProbeConfig(kind=kind, pool=pool, **options)
+    if "feature_axis" in options:
+        raise ConfigError("probe_sweep takes feature_axis as its own option (an index or a name)")
+    config = ProbeConfig.of(config, options)
     if isinstance(source, ActivationCache) or (
         isinstance(source, Mapping) and not isinstance(source, nn.Module)
     ):
@@ -85,11 +84,13 @@ def probe_sweep(
             f"source must be a torch model or an ActivationCache, got {type(source).__name__}"
         )
     rows = []
-    for name, (x, layout, n) in tqdm(matrices.items(), desc="probes", disable=not progress):
-        cfg = dataclasses.replace(config, feature_axis=layout.feature_axis)
-        result = fit_matrix(x, labels, layout=layout, n_inputs=n, config=cfg, types=types,
-                            site=name)  # fmt: skip
-        rows.append({**result.summary(), "probe": result})
+    with progress_bar(len(matrices), "probes", progress) as bar:
+        for name, (x, layout, n) in matrices.items():
+            cfg = dataclasses.replace(config, feature_axis=layout.feature_axis)
+            result = fit_matrix(x, labels, layout=layout, n_inputs=n, config=cfg, types=types,
+                                site=name)  # fmt: skip
+            rows.append({**result.summary(), "probe": result})
+            bar.update(1)
     return pd.DataFrame(rows)
 
 
@@ -156,7 +157,7 @@ def _from_model(
     positions: Index | None,
     batch_size: int | None,
     device: Any,
-    progress: bool,
+    progress: bool | None,
 ) -> dict[str, tuple[Tensor, Layout, int]]:
     names = site_list(model, sites)
     if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
@@ -170,14 +171,17 @@ def _from_model(
     parts: dict[str, list[Tensor]] = {name: [] for name in names}
     layouts: dict[str, Layout] = {}
     total = 0
-    for batch in tqdm(batches, desc="capture", disable=not progress or len(batches) == 1):
-        cache = capture(model, batch, sites=names, positions=positions, device=device)
-        for name in names:
-            acts = as_tensor(cache[name], min_samples=1)
-            axis = _feature_axis(cache.sites[name], feature_axis)
-            x, layouts[name] = to_matrix(acts, pool=config.pool, feature_axis=axis)
-            parts[name].append(x)
-        total += cache[names[0]].shape[0]
+    shown = False if len(batches) == 1 else progress
+    with progress_bar(len(batches), "capture", shown) as bar:
+        for batch in batches:
+            cache = capture(model, batch, sites=names, positions=positions, device=device)
+            for name in names:
+                acts = as_tensor(cache[name], min_samples=1)
+                axis = _feature_axis(cache.sites[name], feature_axis)
+                x, layouts[name] = to_matrix(acts, pool=config.pool, feature_axis=axis)
+                parts[name].append(x)
+            total += cache[names[0]].shape[0]
+            bar.update(1)
     if total < 2:
         raise ShapeMismatchError(f"need at least 2 inputs to fit probes, got {total}")
     return {name: (torch.cat(parts[name]), layouts[name], total) for name in names}

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from circuits.attribution import attribute
-from circuits.hooks import hooks
+from circuits.hooks import run
 from circuits.site import Site
 from circuits.zoo.curve import (
     CURVE_DIRECTIONS,
@@ -236,8 +236,7 @@ def _ablated(model: CurveCNN, images: Tensor, channel: int, metric: Any) -> floa
         act[:, channel] = 0.0
         return act
 
-    with torch.no_grad(), hooks(model, {"relu1": zero}):
-        return float(metric(model(images)))
+    return float(metric(run(model, images, replace={"relu1": zero}).output))
 
 
 def main(argv: list[str] | None = None) -> None:
