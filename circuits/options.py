@@ -71,16 +71,6 @@ def configure(
     return dataclasses.replace(config, **given)  # type: ignore[type-var]
 
 
-def positive_int(value: Any, what: str, *, allow_none: bool = False) -> Any:
-    """`value` if it is an int >= 1 (or None where allowed), else ConfigError."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        extra = " or None" if allow_none else ""
-        raise ConfigError(f"{what} must be a positive int{extra}, got {value!r}")
-    return value
-
-
 def warn_renamed(old: str, new: str) -> None:
     """A DeprecationWarning for a name that changed (kept as an alias for one release)."""
     warnings.warn(

@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+from circuits.checks import check_int
 from circuits.errors import ConfigError
 from circuits.features import FeatureBasis
-from circuits.options import Direction, check_choice, positive_int
+from circuits.options import Direction, check_choice
 from circuits.units import UnitSpec
 
 from .common import IGPath, Rule
@@ -58,7 +59,7 @@ class PathOptions:
 
     def __post_init__(self) -> None:
         IGPath(self.steps, self.rule)
-        positive_int(self.max_batch, "max_batch", allow_none=True)
+        check_int(self.max_batch, "max_batch", allow_none=True)
 
     @property
     def path(self) -> IGPath:

@@ -26,11 +26,11 @@ import torch
 from torch import Tensor, nn
 
 from circuits.adapters.transformer_lens import can_resume, resume
+from circuits.checks import check_int
 from circuits.errors import ConfigError
 from circuits.hooks.run import run
 from circuits.inputs import batch_size, repeat, split
 from circuits.metrics import MetricFn, check_metric, metric_value
-from circuits.options import positive_int
 from circuits.site import Site, layer_of
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ class Budget:
     progress: bool | None = None
 
     def __post_init__(self) -> None:
-        positive_int(self.max_batch, "max_batch", allow_none=True)
+        check_int(self.max_batch, "max_batch", allow_none=True)
         if isinstance(self.memory, bool) or not isinstance(self.memory, int) or self.memory < 1:
             raise ConfigError(f"memory must be a positive number of bytes, got {self.memory!r}")
 
