@@ -34,11 +34,7 @@ def check_model(model: Any) -> nn.Module:
     model whose batch norm or dropout is in training mode (a run would update its running
     statistics, or depend on chance and on the other examples in the batch).
     """
-    if not isinstance(model, nn.Module):
-        raise ModelError(
-            f"model must be a torch.nn.Module (a TransformerLens model or any module), got "
-            f"{type(model).__name__}"
-        )
+    check_module(model)
     param = next(model.parameters(), None)
     if param is not None and param.is_meta:
         raise ModelError(
@@ -55,6 +51,17 @@ def check_model(model: Any) -> nn.Module:
             f"{training[:3]} are in training mode: a run would update batch norm's running "
             "statistics (changing the model) and normalise over the other examples of the "
             "batch, and dropout would drop at random. Call model.eval() first."
+        )
+    return model
+
+
+def check_module(model: Any) -> nn.Module:
+    """`model` if it is a torch.nn.Module, else ModelError (for sites and scoped hooks, which
+    a model in training mode may have)."""
+    if not isinstance(model, nn.Module):
+        raise ModelError(
+            f"model must be a torch.nn.Module (a TransformerLens model or any module), got "
+            f"{type(model).__name__}"
         )
     return model
 

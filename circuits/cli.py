@@ -3,6 +3,9 @@
 circuits demo [--out DIR]     discover the embedded induction model's circuit and export it
 circuits show FILE [--out F]  render a saved graph (.json, .graphml, .gexf) to HTML
 circuits convert IN OUT       convert a graph file to another format (chosen by suffix)
+
+A mistake (a missing or corrupted file, a folder that cannot be written) is one line on stderr
+and exit status 2; --debug shows the traceback instead. No command overwrites its own input.
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ def demo(out: Path) -> None:
     written as JSON, GraphML and a self-contained HTML page.
     """
     import circuits as cc
+    from circuits.errors import ConfigError
 
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a file; the demo writes a folder of files")
     out.mkdir(parents=True, exist_ok=True)
     model = cc.zoo.induction_transformer()
     clean, corrupt, batch = cc.zoo.induction_pair(16, seed=0)
@@ -62,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="circuits", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     commands = parser.add_subparsers(dest="command", required=True)
     run_demo = commands.add_parser("demo", help="discover the embedded model's circuit")
     run_demo.add_argument(
@@ -84,15 +91,28 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             demo(args.out)
         elif args.command == "show":
+            out = args.out or args.file.with_suffix(".html")
+            _not_onto(args.file, out)
             g = load_graph(args.file)
             title = f"{args.file.name}: {len(g)} nodes, {g.number_of_edges()} edges"
-            print(f"wrote {save_html(g, args.out or args.file.with_suffix('.html'), title=title)}")
+            print(f"wrote {save_html(g, out, title=title)}")
         else:
+            _not_onto(args.source, args.target)
             print(f"wrote {save_graph(load_graph(args.source), args.target)}")
-    except CircuitsError as err:
+    except (CircuitsError, OSError) as err:
+        if args.debug:
+            raise
         print(f"circuits {args.command}: {err}", file=sys.stderr)
-        return 1
+        return 2
     return 0
+
+
+def _not_onto(source: Path, target: Path) -> None:
+    """Refuse to write onto the file being read."""
+    from circuits.errors import ConfigError
+
+    if target.resolve() == source.resolve():
+        raise ConfigError(f"{str(target)!r} is the input file; write the result somewhere else")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import networkx as nx
 from torch import nn
 
 from circuits.attribution import EdgeMethod, attribute
+from circuits.checks import check_number
 from circuits.errors import ConfigError
 from circuits.faithfulness import Faithfulness
 from circuits.graph import build_graph, prune
@@ -55,7 +56,7 @@ def discover(
     pruning = {"threshold": threshold, "top_k": top_k, "influence": influence}
     if target is not None and any(v is not None for v in pruning.values()):
         raise ConfigError("give either target= or pruning options (threshold, top_k, influence)")
-    if target is not None and not 0 < target <= 1:
+    if target is not None and not 0 < check_number(target, "target") <= 1:
         raise ConfigError(f"target must be a faithfulness in (0, 1], got {target!r}")
     result = attribute(model, clean, corrupt, metric, method=method, **options)
     full = build_graph(result, meta=meta)

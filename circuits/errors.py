@@ -50,6 +50,10 @@ class SiteRepeatedError(InputError, ModelError):
     """A site ran more than once in one forward pass: the model reuses that module."""
 
 
+class OutputError(CircuitsError, OSError):
+    """A file could not be written where asked (a read-only folder, a folder in the way)."""
+
+
 class SchemaError(CircuitsError, ValueError):
     """A graph or file does not follow the circuits schema."""
 

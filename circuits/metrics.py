@@ -202,16 +202,39 @@ def check_metric(metric: Any) -> tuple[int, ...] | None:
     return metric_positions(metric)
 
 
-def metric_value(metric: MetricFn, output: Any) -> Tensor:
-    """`metric(output)` as a 0-d tensor; MetricError if it is not a scalar tensor."""
+def metric_value(metric: MetricFn, output: Any, *, allow_nonfinite: bool = False) -> Tensor:
+    """`metric(output)` as a 0-d float tensor; MetricError if it is not a scalar float tensor,
+    or (unless `allow_nonfinite`) if it is NaN or infinite: every score would be NaN."""
     value = metric(output)
-    if not isinstance(value, Tensor) or value.numel() != 1:
-        got = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+    if not isinstance(value, Tensor) or value.numel() != 1 or not value.is_floating_point():
+        got = (
+            f"shape {tuple(value.shape)}, dtype {value.dtype}"
+            if isinstance(value, Tensor)
+            else type(value).__name__
+        )
         raise MetricError(
-            f"the metric must return a scalar tensor, got {got}; reduce it (for example .mean()) "
-            "and return a torch tensor so gradients can flow"
+            f"the metric must return a scalar float tensor, got {got}; reduce it (for example "
+            ".mean()) and return a float torch tensor computed from the output, so gradients "
+            "can flow"
+        )
+    if not allow_nonfinite and not bool(torch.isfinite(value.detach())):
+        raise MetricError(
+            f"the metric returned {float(value.detach())} on this run; every score would be NaN. "
+            "Check the metric (a log of a zero probability, a division by zero) and the inputs"
         )
     return value.reshape(())
+
+
+def differentiable(value: Tensor) -> Tensor:
+    """`value` if gradients can be taken of it, else MetricError: a metric that detaches the
+    output, or builds a new tensor from Python numbers, has no gradient to attribute."""
+    if not value.requires_grad:
+        raise MetricError(
+            "the metric's value does not depend on the model output through autograd (it was "
+            "detached, or built with torch.tensor(...) or .item()), so it has no gradient; "
+            "compute it from the output with torch operations"
+        )
+    return value
 
 
 def metric_name(metric: Callable[..., Any]) -> str:
@@ -275,4 +298,9 @@ def _pick(logits: Tensor, ids: Tensor, what: str) -> Tensor:
     index = ids.to(logits.device).expand(batch) if ids.numel() == 1 else ids.to(logits.device)
     shape = (batch,) + (1,) * (logits.ndim - 1)
     index = index.reshape(shape).expand(*logits.shape[:-1], 1)
+    if bool(((index < 0) | (index >= logits.shape[-1])).any()):
+        raise MetricError(
+            f"the metric's {what} token ids {sorted(set(ids.flatten().tolist()))} are not all in "
+            f"the vocabulary of {logits.shape[-1]}; use ids in [0, {logits.shape[-1]})"
+        )
     return logits.gather(-1, index).squeeze(-1)

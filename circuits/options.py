@@ -39,7 +39,7 @@ def runs(direction: Direction, clean: T, corrupt: T) -> tuple[T, T]:
 def check_choice(value: Any, choices: Any, what: str) -> Any:
     """`value` if it is one of `choices` (a Literal type or a tuple), else ConfigError."""
     allowed = get_args(choices) or tuple(choices)
-    if not isinstance(value, str) or value not in allowed:
+    if not isinstance(value, str | None) or value not in allowed:
         raise ConfigError(f"{what} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
     return value
 

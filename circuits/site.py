@@ -17,6 +17,7 @@ from typing import Literal
 from torch import Tensor, nn
 
 from circuits.adapters import torch_module, transformer_lens
+from circuits.checks import check_module
 from circuits.errors import ConfigError, InputError, ModelError, SiteNotFoundError, closest
 from circuits.ids import layer_of
 
@@ -72,6 +73,7 @@ class SiteRef:
 
 def default_site_names(model: nn.Module) -> list[str]:
     """The sites listed when the caller names none: hook points, or every module's output."""
+    check_module(model)
     if transformer_lens.is_transformer_lens(model):
         return transformer_lens.canonical_hook_names(model)
     return list(torch_module.module_table(model))
@@ -82,6 +84,7 @@ def resolve(model: nn.Module, names: list[str]) -> list[SiteRef]:
 
     TransformerLens hook names are looked up first, then `named_modules()` paths.
     """
+    check_module(model)
     tl = transformer_lens.is_transformer_lens(model)
     hooks = transformer_lens.hook_table(model) if tl else {}
     modules: dict[str, nn.Module] | None = None

@@ -30,6 +30,11 @@ def parse_unit(unit: UnitSpec, site: Site) -> tuple[tuple[str, ...], list[list[i
         return (), []
     if isinstance(unit, str):
         unit = site.axes if unit == "all" else (unit,)
+    if not isinstance(unit, Sequence | Mapping):
+        raise ConfigError(
+            f"unit must be None, 'all', an axis name, a sequence of them or a mapping from axis "
+            f"names to indices, got {unit!r}; the site has axes {site.axes}"
+        )
     chosen: Mapping[str, Any] = unit if isinstance(unit, Mapping) else dict.fromkeys(unit)
     axes = tuple(chosen)
     if not all(isinstance(a, str) for a in axes):

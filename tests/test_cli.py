@@ -35,5 +35,5 @@ def test_show_and_convert(tmp_path, capsys):
     assert main(["show", str(tmp_path / "g.gexf")]) == 0
     assert (tmp_path / "g.html").exists()
     (tmp_path / "bad.json").write_text("{")
-    assert main(["show", str(tmp_path / "bad.json")]) == 1
+    assert main(["show", str(tmp_path / "bad.json")]) == 2
     assert "circuits show" in capsys.readouterr().err

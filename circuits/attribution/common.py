@@ -22,7 +22,7 @@ from circuits.errors import ConfigError
 from circuits.hooks import run
 from circuits.inputs import repeat, split
 from circuits.loops import chunks, progress_bar
-from circuits.metrics import MetricFn, metric_value
+from circuits.metrics import MetricFn, differentiable, metric_value
 
 Rule = Literal[
     "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"
@@ -154,7 +154,7 @@ def path_runs(
                 value = weighted(ran.output)
             recorded = {**ran.recorded, **({replace: x} if replace else {})}  # what ran there
             wrt = [x, *(recorded[n] for n in grads)]
-            found = torch.autograd.grad(value, wrt, allow_unused=True)
+            found = torch.autograd.grad(differentiable(value), wrt, allow_unused=True)
             out = {
                 name: torch.zeros_like(t) if g is None else g
                 for name, t, g in zip([POINTS, *grads], wrt, found, strict=True)

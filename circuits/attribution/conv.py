@@ -56,7 +56,7 @@ from circuits.capture import capture
 from circuits.errors import InputError, ModelError, SiteNotFoundError, closest
 from circuits.ids import NodeId, node_row
 from circuits.metrics import MetricFn, metric_name
-from circuits.modelgraph.channels import INPUT, Conv, Grads, Trace, check_eval, trace
+from circuits.modelgraph.channels import INPUT, Conv, Grads, Trace, trace
 from circuits.options import Direction, runs
 
 from .common import IGPath
@@ -80,7 +80,6 @@ def conv_edges(
 ) -> AttributionResult:
     """EAP (path=None) or EAP-IG channel edge scores on the graph of the model's conv layers."""
     convs = conv_layers(model, layers)
-    check_eval(model)
     base, source = runs(direction, clean, corrupt)
     if path is not None:
         base, source = _image(base), _image(source)

@@ -36,7 +36,7 @@ from circuits.capture import capture
 from circuits.errors import ConfigError, InputError, ShapeMismatchError
 from circuits.hooks import run
 from circuits.ids import metric_node, unit_node
-from circuits.metrics import MetricFn, metric_name, metric_value
+from circuits.metrics import MetricFn, differentiable, metric_name, metric_value
 from circuits.options import runs
 from circuits.site import Site, expand_sites
 from circuits.units import UnitSpec, parse_unit
@@ -204,5 +204,5 @@ def _input_grad(model: nn.Module, x: Tensor, metric: MetricFn) -> tuple[Tensor, 
     output = run(model, leaf, grad=True).output
     with torch.enable_grad():
         value = metric_value(metric, output)
-    (grad,) = torch.autograd.grad(value, [leaf])
+    (grad,) = torch.autograd.grad(differentiable(value), [leaf])
     return grad, float(value.detach())

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from circuits.errors import ShapeMismatchError
+from circuits.errors import InputError, ShapeMismatchError
 from circuits.options import Ablation
 
 
@@ -30,8 +30,9 @@ def ablation_values(
     """Per site, the value an ablated unit takes: [batch or 1, ...] (a 1 broadcasts).
 
     batch: the rows of the run the values go into ("patch" needs that many in the reference).
-    exclude_self: for "resample" from the run itself, never draw an example's own value (when
-    the reference has more than one example).
+    exclude_self: for "resample" from the run itself, never draw an example's own value (so
+    the reference needs two examples or more: with one, resampling would patch each example
+    with itself and measure nothing).
     """
     out = {}
     for name, acts in reference.items():
@@ -47,6 +48,12 @@ def ablation_values(
         elif ablation == "mean":
             out[name] = acts.mean(0, keepdim=True)
         else:
+            if exclude_self and acts.shape[0] < 2:
+                raise InputError(
+                    "resample ablation draws each example's value from another example of the "
+                    "batch; a batch of 1 has none, so every patch would change nothing. Pass a "
+                    "batch of 2 or more, or a reference batch (reference=...)"
+                )
             out[name] = acts[_draw(acts.shape[0], batch, seed, exclude_self).to(acts.device)]
     return out
 
@@ -54,6 +61,6 @@ def ablation_values(
 def _draw(n: int, batch: int, seed: int, exclude_self: bool) -> Tensor:
     """For each of `batch` rows, the index of a reference example (never its own, if asked)."""
     gen = torch.Generator().manual_seed(seed)
-    if exclude_self and n > 1:
+    if exclude_self:
         return (torch.arange(batch) + torch.randint(1, n, (batch,), generator=gen)) % n
     return torch.randint(n, (batch,), generator=gen)

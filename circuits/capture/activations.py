@@ -16,11 +16,12 @@ from torch import Tensor, nn
 
 from circuits.adapters.transformer_lens import is_transformer_lens
 from circuits.capture.cache import ActivationCache
-from circuits.errors import ConfigError
+from circuits.errors import ConfigError, InputError
 from circuits.hooks import run
 from circuits.hooks.run import Replacement
-from circuits.metrics import MetricFn, metric_value
+from circuits.metrics import MetricFn, differentiable, metric_value
 from circuits.site import INPUT_SUFFIX, Site, default_site_names, resolve
+from circuits.units import indices
 
 Index = int | slice | Sequence[int] | Tensor
 
@@ -79,7 +80,8 @@ def capture(
     value = None if metric is None else metric_value(metric, ran.output)
     gradients = None
     if grads and value is not None:
-        found = torch.autograd.grad(value, [ran.recorded[n] for n in names], allow_unused=True)
+        wrt = [ran.recorded[n] for n in names]
+        found = torch.autograd.grad(differentiable(value), wrt, allow_unused=True)
         gradients = {
             n: store(torch.zeros_like(ran.recorded[n]) if g is None else g, ran.sites[n])
             for n, g in zip(names, found, strict=True)
@@ -150,7 +152,8 @@ def select(act: Tensor, site: Site, positions: Index | None, spatial: Any) -> Te
     picked = False
     for axis, choice in wanted.items():
         if choice is not None and axis in site.axes:
-            index[site.axes.index(axis)] = _as_index(choice)
+            dim = site.axes.index(axis)
+            index[dim] = _as_index(choice, act.shape[dim], axis, site.name)
             picked = True
     if not picked:
         return act
@@ -161,9 +164,13 @@ def select(act: Tensor, site: Site, positions: Index | None, spatial: Any) -> Te
     return out
 
 
-def _as_index(choice: Index) -> Any:
-    if isinstance(choice, int):
-        return slice(choice, choice + 1 if choice != -1 else None)  # keep the axis
-    if isinstance(choice, slice | Tensor):
+def _as_index(choice: Index, size: int, axis: str, site: str) -> Any:
+    """An index along one axis that keeps the axis; out of range or empty is an InputError."""
+    if isinstance(choice, slice):
+        if not range(size)[choice]:
+            raise InputError(f"{choice} picks nothing on axis {axis!r} of {site!r} (size {size})")
         return choice
-    return torch.as_tensor(list(choice), dtype=torch.long)
+    picked = indices(choice, size, axis, site)
+    if len(picked) == 1:
+        return slice(picked[0], picked[0] + 1)  # a view, as the axis is kept
+    return torch.as_tensor(picked, dtype=torch.long)

@@ -1,12 +1,17 @@
 """Capture a dataset too large for memory, batch by batch, to safetensors shards on disk.
 
-Each batch is captured, written to `shard_NNNNN.safetensors` and dropped, so peak memory is about
-one batch. `index.json` is written last (atomically): a folder without it is an interrupted capture
-and is refused when read back. `load_cache` gives a mapping whose values concatenate the shards.
+Each batch is captured, written to `shard_NNNNN.safetensors` (atomically) and dropped, so peak
+memory is about one batch. `index.json` is written last (atomically): a folder without it is an
+interrupted capture and is refused when read back; shards of an earlier capture that the new
+index does not name are removed. `load_cache` gives a mapping whose values concatenate the
+shards. Reading trusts nothing in the folder: the index must name shards inside it (no `..`,
+absolute paths or symlinks out), each shard must be a readable safetensors file, and the rows
+the index claims must be the rows the tensors have; anything else is a SchemaError.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sized
@@ -14,13 +19,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
 from torch import Tensor, nn
 
 from circuits.capture.activations import capture
 from circuits.capture.cache import ActivationCache
-from circuits.errors import ConfigError, InputError, SchemaError, SiteNotFoundError, closest
+from circuits.checks import check_int
+from circuits.errors import (
+    CircuitsError,
+    ConfigError,
+    InputError,
+    SchemaError,
+    SiteNotFoundError,
+    closest,
+)
+from circuits.files import as_path, atomic_open, confined, read_json
 from circuits.loops import progress_bar
 from circuits.site import Site
 
@@ -45,7 +59,7 @@ def capture_to_disk(
     (a DataLoader of inputs, say). Other keywords (grads, metric, positions, spatial, dtype, ...)
     go to `cc.capture` for each batch.
     """
-    folder = Path(path)
+    folder = as_path(path, "the capture folder")
     if (folder / "index.json").exists() and not overwrite:
         raise ConfigError(f"{folder} already holds a capture; pass overwrite=True to replace it")
     batches, total = _batches(inputs, batch_size)
@@ -60,7 +74,8 @@ def capture_to_disk(
             if options.get("grads"):
                 tensors.update({GRAD_PREFIX + n: g.contiguous() for n, g in cache.grads.items()})
             file = f"shard_{i:05d}.safetensors"
-            save_file(tensors, str(folder / file))
+            with atomic_open(folder / file, "wb") as fh:
+                fh.write(save(tensors))
             rows = next(iter(cache.values())).shape[0]
             shards.append({"file": file, "rows": rows})
             axes = {name: list(site.axes) for name, site in cache.sites.items()}
@@ -68,15 +83,18 @@ def capture_to_disk(
     if not shards:
         raise InputError("inputs yielded no batch; nothing was captured")
     index = {"format": FORMAT, "sites": axes, "shards": shards, "grads": bool(options.get("grads"))}
-    tmp = folder / "index.json.tmp"
-    tmp.write_text(json.dumps(index, indent=1))
-    tmp.replace(folder / "index.json")
+    with atomic_open(folder / "index.json", "w") as fh:
+        fh.write(json.dumps(index, indent=1))
+    kept = {shard["file"] for shard in shards}
+    for stale in folder.glob("shard_*.safetensors"):  # an earlier, longer capture's shards
+        if stale.name not in kept:
+            stale.unlink()
     return DiskCache(folder)
 
 
 def load_cache(path: str | os.PathLike[str]) -> DiskCache:
     """Open a capture written by `capture_to_disk`."""
-    return DiskCache(Path(path))
+    return DiskCache(as_path(path, "the capture folder"))
 
 
 class DiskCache(Mapping[str, Tensor]):
@@ -87,20 +105,25 @@ class DiskCache(Mapping[str, Tensor]):
 
     def __init__(self, folder: Path) -> None:
         index_file = folder / "index.json"
-        if not index_file.exists():
+        if not index_file.is_file():
             raise SchemaError(
                 f"{folder} has no index.json: not a circuits capture, or one that was interrupted "
                 "before it finished; capture it again"
             )
-        try:
-            index = json.loads(index_file.read_text())
-        except json.JSONDecodeError as err:
-            raise SchemaError(f"{index_file} is not valid JSON ({err}); capture again") from err
-        if index.get("format") != FORMAT:
-            raise SchemaError(f"{index_file} has format {index.get('format')!r}, not {FORMAT!r}")
+        index = read_json(index_file, "capture index")
+        if not isinstance(index, dict) or index.get("format") != FORMAT:
+            got = index.get("format") if isinstance(index, dict) else type(index).__name__
+            raise SchemaError(f"{index_file} has format {got!r}, not {FORMAT!r}")
         self.folder = folder
-        self._shards: list[dict[str, Any]] = index["shards"]
-        self._axes: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in index["sites"].items()}
+        self._shards = _shard_list(folder, index_file, index.get("shards"))
+        sites = index.get("sites")
+        if not isinstance(sites, dict) or not all(
+            isinstance(v, list) and all(isinstance(a, str) for a in v) for v in sites.values()
+        ):
+            raise SchemaError(f"{index_file}: 'sites' must map each site to its axis names")
+        self._axes: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in sites.items()}
+        if not isinstance(index.get("grads"), bool):
+            raise SchemaError(f"{index_file}: 'grads' must be true or false")
         self.has_grads: bool = index["grads"]
 
     def __getitem__(self, name: str) -> Tensor:
@@ -115,7 +138,7 @@ class DiskCache(Mapping[str, Tensor]):
     @property
     def rows(self) -> int:
         """Number of examples captured (the total batch size)."""
-        return sum(shard["rows"] for shard in self._shards)
+        return sum(rows for _, rows in self._shards)
 
     def grad(self, name: str) -> Tensor:
         """The stored gradient at site `name`, concatenated across shards."""
@@ -125,14 +148,18 @@ class DiskCache(Mapping[str, Tensor]):
 
     def batches(self) -> Iterator[ActivationCache]:
         """One ActivationCache per shard, in order."""
-        for shard in self._shards:
+        for file, rows in self._shards:
             acts, grads = {}, {}
-            with safe_open(str(self.folder / shard["file"]), framework="pt") as f:
+            with _open(file) as f:
                 for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                    t = _tensor(f, key, file, rows)
                     if key.startswith(GRAD_PREFIX):
-                        grads[key.removeprefix(GRAD_PREFIX)] = f.get_tensor(key)
+                        grads[key.removeprefix(GRAD_PREFIX)] = t
                     else:
-                        acts[key] = f.get_tensor(key)
+                        acts[key] = t
+            unknown = sorted(set(acts) - set(self._axes))
+            if unknown:
+                raise SchemaError(f"{file} holds site(s) {unknown} that the index does not list")
             sites = {n: Site(n, self._axes[n], tuple(t.shape)) for n, t in acts.items()}
             yield ActivationCache(acts, sites, grads=grads if self.has_grads else None)
 
@@ -143,20 +170,63 @@ class DiskCache(Mapping[str, Tensor]):
 
     def _concat(self, key: str) -> Tensor:
         parts = []
-        for shard in self._shards:
-            file = self.folder / shard["file"]
-            if not file.exists():
-                raise SchemaError(f"{file} is missing; the capture in {self.folder} is incomplete")
-            with safe_open(str(file), framework="pt") as f:
-                parts.append(f.get_tensor(key))
+        for file, rows in self._shards:
+            with _open(file) as f:
+                if key not in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                    raise SchemaError(f"{file} holds no {key!r}; the capture is incomplete")
+                parts.append(_tensor(f, key, file, rows))
         return torch.cat(parts)
+
+
+def _shard_list(folder: Path, index_file: Path, shards: Any) -> list[tuple[Path, int]]:
+    """(file, rows) of every shard the index lists, each file confined to the folder."""
+    if not isinstance(shards, list) or not shards:
+        raise SchemaError(f"{index_file}: 'shards' must be a non-empty list of shards")
+    out = []
+    for shard in shards:
+        if not isinstance(shard, dict) or not isinstance(shard.get("rows"), int):
+            raise SchemaError(f"{index_file}: each shard needs a 'file' and a number of 'rows'")
+        file = confined(folder, shard.get("file"))
+        if not file.is_file():
+            raise SchemaError(f"{file} is missing; the capture in {folder} is incomplete")
+        out.append((file, int(shard["rows"])))
+    return out
+
+
+@contextlib.contextmanager
+def _open(file: Path) -> Iterator[Any]:
+    """A shard opened for reading; any failure to parse it is a SchemaError naming it."""
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            yield f
+    except CircuitsError:
+        raise
+    except (SafetensorError, OSError, ValueError) as err:
+        raise SchemaError(
+            f"{file} is not a readable safetensors shard ({str(err)[:120]}); capture again"
+        ) from None
+
+
+def _tensor(f: Any, key: str, file: Path, rows: int) -> Tensor:
+    """One tensor of a shard, checked against the rows the index claims for it."""
+    try:
+        t: Tensor = f.get_tensor(key)
+    except (SafetensorError, ValueError) as err:
+        raise SchemaError(f"{file}: cannot read {key!r} ({str(err)[:120]})") from None
+    if t.ndim == 0 or t.shape[0] != rows:
+        raise SchemaError(
+            f"{file}: {key!r} has {t.shape[0] if t.ndim else 0} rows, its index claims {rows}; "
+            "the index does not describe the shards, capture again"
+        )
+    return t
 
 
 def _batches(inputs: Tensor | Iterable[Any], batch_size: int | None) -> tuple[Iterable[Any], Any]:
     """Split a tensor into batches, or pass an iterable of batches through; also its length."""
     if isinstance(inputs, Tensor):
-        if batch_size is None or batch_size < 1:
-            raise ConfigError(f"a tensor input needs batch_size >= 1, got {batch_size}")
+        if batch_size is None:
+            raise ConfigError("a tensor input needs batch_size=... (rows per shard)")
+        check_int(batch_size, "batch_size")
         parts = inputs.split(batch_size)
         return parts, len(parts)
     if batch_size is not None:

@@ -134,7 +134,12 @@ def build_graph_from_matrix(
     """
     if hasattr(matrix, "detach"):
         matrix = matrix.detach().cpu().numpy()
-    m = np.asarray(matrix, dtype=np.float64)
+    try:
+        m = np.asarray(matrix, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(
+            f"matrix must be a 2-d array of numbers (numpy or torch), got {type(matrix).__name__}"
+        ) from None
     src_rows, tgt_rows = pd.DataFrame(sources), pd.DataFrame(targets)
     if m.ndim != 2 or m.shape != (len(tgt_rows), len(src_rows)):
         raise InputError(

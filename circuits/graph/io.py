@@ -17,14 +17,12 @@ raises SchemaError.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import re
-import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -33,6 +31,7 @@ import pandas as pd
 from networkx.readwrite import json_graph
 
 from circuits.errors import ConfigError, InputError, SchemaError
+from circuits.files import as_path, atomic_open, read_json
 from circuits.graph.schema import GRAPH_ATTRS, check_version, fix_types, validate
 
 FORMATS = (".json", ".graphml", ".gexf")
@@ -41,37 +40,14 @@ _GEXF_NS = "{http://www.gexf.net/1.2draft}"
 _GEXF_TAG = "circuits-graph-attributes:"
 
 
-def _suffix(path: str | os.PathLike[str]) -> str:
-    suffix = Path(path).suffix.lower()
+def _suffix(path: Any) -> str:
+    suffix = as_path(path, "a graph file").suffix.lower()
     if suffix not in FORMATS:
         raise ConfigError(
             f"cannot tell the graph format of {str(path)!r} from its suffix {suffix!r}; "
             f"use one of {', '.join(FORMATS)}"
         )
     return suffix
-
-
-@contextlib.contextmanager
-def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temporary file beside `path`; on success move it onto `path`, else delete it.
-
-    The temporary file is created with `open(..., "x")`, so it gets the usual permissions (the
-    umask), unlike `tempfile.mkstemp`'s owner-only ones.
-    """
-    target = Path(path)
-    if not target.parent.is_dir():
-        raise ConfigError(f"folder {str(target.parent)!r} does not exist; create it first")
-    if mode not in ("w", "wb"):
-        raise ConfigError(f"atomic_open writes with mode 'w' or 'wb', got {mode!r}")
-    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(tmp, "xb") if mode == "wb" else open(tmp, "x", encoding="utf-8") as fh:
-            yield fh
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def save_graph(g: nx.DiGraph, path: str | os.PathLike[str]) -> Path:
@@ -95,14 +71,21 @@ def load_graph(path: str | os.PathLike[str]) -> nx.DiGraph:
         raise InputError(f"no graph file at {str(path)!r}")
     reader = {".json": _read_json, ".graphml": _read_graphml, ".gexf": _read_gexf}[suffix]
     try:
-        g = reader(Path(path))
+        g, listed = reader(Path(path))
     except SchemaError:
         raise
-    except (ValueError, KeyError, TypeError, AttributeError, ET.ParseError, nx.NetworkXError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, ET.ParseError, nx.NetworkXError,
+            RecursionError, OSError) as e:  # fmt: skip
         raise SchemaError(
             f"{str(path)!r} is not a readable {suffix[1:]} circuit graph (truncated or "
-            f"corrupted?): {type(e).__name__}: {e}"
+            f"corrupted?): {type(e).__name__}: {str(e)[:200]}"
         ) from None
+    if listed != (g.number_of_nodes(), g.number_of_edges()):
+        raise SchemaError(
+            f"{str(path)!r} lists {listed[0]} nodes and {listed[1]} edges but holds "
+            f"{len(g)} distinct nodes and {g.number_of_edges()} distinct edges: a node or an edge "
+            "is listed twice, and which copy wins would be a guess; remove the duplicates"
+        )
     if not isinstance(g, nx.DiGraph) or g.is_multigraph() or not g.is_directed():
         raise SchemaError(f"{str(path)!r} does not hold a simple directed graph")
     if "schema_version" in g.graph:
@@ -117,6 +100,8 @@ def graph_frames(g: nx.DiGraph) -> tuple[pd.DataFrame, pd.DataFrame]:
 
     `build_graph(edges, nodes=nodes, meta=g.graph)` rebuilds the same graph.
     """
+    if not isinstance(g, nx.DiGraph):
+        raise InputError(f"graph_frames takes a networkx.DiGraph, got {type(g).__name__}")
     nodes = pd.DataFrame([{"key": k, **a} for k, a in g.nodes(data=True)], columns=None)
     if nodes.empty:
         nodes = pd.DataFrame(columns=["key", "kind"])
@@ -159,28 +144,27 @@ def _write_json(g: nx.DiGraph, fh: IO[Any]) -> None:
     fh.write("\n")
 
 
-def _read_json(path: Path) -> nx.DiGraph:
-    with path.open(encoding="utf-8") as fh:
-        data = json.load(fh)
-    if not isinstance(data, dict) or "nodes" not in data:
+def _read_json(path: Path) -> tuple[nx.DiGraph, tuple[int, int]]:
+    data = read_json(path, "JSON circuit graph")
+    if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
         raise SchemaError(f"{str(path)!r} is JSON but not node-link graph data")
     version = (data.get("graph") or {}).get("schema_version")
     if version is not None:
         check_version(version)
     edges = "links" if "edges" not in data and "links" in data else "edges"  # networkx < 3.4
     g = json_graph.node_link_graph(data, directed=True, multigraph=False, edges=edges)
-    return g
+    return g, (len(data["nodes"]), len(data.get(edges) or []))
 
 
 def _write_graphml(g: nx.DiGraph, fh: IO[Any]) -> None:
     nx.write_graphml(g, fh, encoding="utf-8", prettyprint=True)
 
 
-def _read_graphml(path: Path) -> nx.DiGraph:
+def _read_graphml(path: Path) -> tuple[nx.DiGraph, tuple[int, int]]:
     g = nx.read_graphml(path, force_multigraph=False)
     g.graph.pop("node_default", None)
     g.graph.pop("edge_default", None)
-    return g
+    return g, _listed(ET.parse(path).getroot())
 
 
 def _write_gexf(g: nx.DiGraph, fh: IO[Any]) -> None:
@@ -194,7 +178,7 @@ def _write_gexf(g: nx.DiGraph, fh: IO[Any]) -> None:
     writer.write(fh)
 
 
-def _read_gexf(path: Path) -> nx.DiGraph:
+def _read_gexf(path: Path) -> tuple[nx.DiGraph, tuple[int, int]]:
     root = ET.parse(path).getroot()
     text = root.findtext(f"{_GEXF_NS}meta/{_GEXF_NS}description") or ""
     provenance: dict[str, Any] = {}
@@ -214,4 +198,10 @@ def _read_gexf(path: Path) -> nx.DiGraph:
     for name in GRAPH_ATTRS:  # the provenance JSON wrote NaN as null
         if g.graph.get(name, 0) is None:
             g.graph[name] = math.nan
-    return g
+    return g, _listed(root)
+
+
+def _listed(root: ET.Element) -> tuple[int, int]:
+    """How many node and edge elements an XML graph file lists (duplicates included)."""
+    tags = [el.tag.rsplit("}", 1)[-1] for el in root.iter()]
+    return tags.count("node"), tags.count("edge")

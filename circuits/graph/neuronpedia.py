@@ -53,7 +53,8 @@ from typing import Any
 
 import networkx as nx
 
-from circuits.graph.io import atomic_open
+from circuits.errors import SchemaError
+from circuits.files import as_path, atomic_open, read_json
 from circuits.graph.schema import validate
 
 _TYPES = {"input": "embedding", "output": "logit", "error": "mlp reconstruction error"}
@@ -74,18 +75,30 @@ def export_neuronpedia(
     ``graph-metadata.json`` in the same folder, as circuit-tracer's local server expects.
     """
     validate(g)
-    target = Path(path)
+    target = as_path(path)
     slug = slug or target.stem
     data = to_neuronpedia(g, slug=slug, scan=scan)
     with atomic_open(target, "w") as fh:
         json.dump(data, fh, indent=1, allow_nan=False)
     if index:
         listing = target.parent / "graph-metadata.json"
-        graphs = json.loads(listing.read_text()).get("graphs", []) if listing.exists() else []
+        graphs = _listing(listing) if listing.exists() else []
         graphs = [m for m in graphs if m.get("slug") != slug] + [data["metadata"]]
         with atomic_open(listing, "w") as fh:
             json.dump({"graphs": graphs}, fh, indent=1)
     return target
+
+
+def _listing(path: Path) -> list[dict[str, Any]]:
+    """The graphs a graph-metadata.json lists; SchemaError if it is not such a listing."""
+    data = read_json(path, "graph listing")
+    graphs = data.get("graphs", []) if isinstance(data, dict) else None
+    if not isinstance(graphs, list) or not all(isinstance(m, dict) for m in graphs):
+        raise SchemaError(
+            f'{str(path)!r} is not a graph listing ({{"graphs": [{{...}}, ...]}}); move it '
+            "aside or export without index=True"
+        )
+    return graphs
 
 
 def to_neuronpedia(g: nx.DiGraph, *, slug: str, scan: str | None = None) -> dict[str, Any]:

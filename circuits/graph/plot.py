@@ -25,7 +25,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from circuits.errors import CircuitsError, ConfigError
-from circuits.graph.io import atomic_open
+from circuits.files import atomic_open
 from circuits.graph.schema import KINDS, validate
 
 IMAGE_FORMATS = (".png", ".svg", ".pdf", ".jpeg", ".jpg", ".webp")

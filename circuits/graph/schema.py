@@ -144,6 +144,11 @@ def normalise_meta(meta: Mapping[str, Any] | None) -> dict[str, Any]:
         elif name in ("seed",) and value is None:
             value = -1
         elif name == "faithfulness" and value is not None:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise SchemaError(
+                    f"graph attribute 'faithfulness' must be a number (NaN until measured), "
+                    f"got {value!r}"
+                )
             value = float(value)
         out[str(name)] = value
     return out

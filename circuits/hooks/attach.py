@@ -34,9 +34,14 @@ MARK = "__circuits_hook__"  # set on every hook this module registers (see hook_
 def hooks(model: nn.Module, fns: Mapping[str, HookFn], *, strict: bool = True) -> Iterator[None]:
     """Run the body with `fn(activation, site)` hooked on each site; `fn` may return a replacement.
 
-    A replacement must have the activation's shape. With `strict` (the default), a site whose hook
-    never ran by the end of the block raises SiteNotFiredError: a silent no-op intervention is a
-    bug. Hooks are removed when the block ends, whether or not it raised.
+    A replacement must have the activation's shape, dtype and device. With `strict` (the
+    default), a site whose hook never ran by the end of the block raises SiteNotFiredError: a
+    silent no-op intervention is a bug. Hooks are removed when the block ends, whether or not it
+    raised.
+
+    Hooks are state on the model, not on the calling thread: while the block runs, every forward
+    pass of this model object sees them, one started by another thread included. To run a model
+    from several threads, give each its own copy (copy.deepcopy(model)) or its own process.
 
         with cc.hooks(model, {"blocks.0.attn.hook_z": lambda z, site: z * 0}):
             logits = model(tokens)

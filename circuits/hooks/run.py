@@ -18,7 +18,9 @@ site, in this order:
 4. stop: after `stop_after` has run, the forward pass ends there and `output` is None.
 
 Each other hooked site must run exactly once (`calls="once"`, the default): one that never runs
-or runs twice is an error, not a silent no-op or a mix of calls.
+or runs twice is an error, not a silent no-op or a mix of calls. Every run first checks the
+model and the inputs (`circuits.checks`): a module, not on the meta device, batch norm and
+dropout in eval mode, a non-empty batch of finite values.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from circuits.checks import check_inputs, check_model
 from circuits.errors import CircuitsError, InputError
 from circuits.hooks.attach import HookFn, attach, require_fired, require_once
 from circuits.inputs import describe
@@ -76,6 +79,8 @@ def run(
     calls: "once" checks that every hooked site ran exactly once; "any" leaves it to the caller
         (`fired` has the counts). tensors_only: a site carrying a non-tensor is a ModelError.
     """
+    check_model(model)
+    check_inputs(inputs)
     replace = dict(replace or {})
     once = list(dict.fromkeys([*record, *replace, *([stop_after] if stop_after else [])]))
     held = {n: iter(v) for n, v in freeze.items()} if isinstance(freeze, Mapping) else {}

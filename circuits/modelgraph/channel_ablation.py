@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from circuits.adapters.torch_module import module_table
 from circuits.errors import InputError, ModelError
 from circuits.inputs import repeat
-from circuits.modelgraph.channels import INPUT, Conv, check_eval, patched_run, per_channel, trace
+from circuits.modelgraph.channels import INPUT, Conv, patched_run, per_channel, trace
 
 Keep = tuple[dict[str, Tensor], dict[str, Tensor]]
 """Per conv, keep[feeding node, c', c] (the edge node[c] -> conv[c'] is kept); per node feeding
@@ -58,7 +58,6 @@ class ChannelAblation:
                 )
             if kind == "channel":
                 convs[name] = cast(Conv, table[name])
-        check_eval(model)
         graph = trace(model, clean, convs, metric)
         self.convs, self.order, self.feeds = convs, graph.order, graph.feeds
         self.direct = list(graph.grads.direct)  # the nodes with a path to the output

@@ -25,12 +25,10 @@ from torch import Tensor, nn
 
 from circuits.errors import ModelError
 from circuits.hooks import run
-from circuits.metrics import MetricFn, metric_value
+from circuits.metrics import MetricFn, differentiable, metric_value
 from circuits.site import INPUT_SUFFIX, Site
 
 Conv = nn.Conv1d | nn.Conv2d | nn.Conv3d
-# Modules whose training mode makes a run depend on the batch it is stacked with, or on chance.
-TRAIN_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
 INPUT = ""  # the input node's key among the nodes (conv names are never empty)
 
 
@@ -126,7 +124,7 @@ def cut_run(model: nn.Module, inputs: Any, convs: Mapping[str, Conv], metric: Me
         fns[name] = leave(name)
     output = run(model, _track(inputs), replace=fns, grad=True).output
     with torch.enable_grad():
-        value = metric_value(metric, output)
+        value = differentiable(metric_value(metric, output))
     return Run(nodes, real, ins, value)
 
 
@@ -239,18 +237,3 @@ def _track(inputs: Any) -> Any:
     if isinstance(inputs, dict):
         return {key: _track(x) for key, x in inputs.items()}
     return inputs
-
-
-def check_eval(model: nn.Module) -> None:
-    """Refuse batch norm and dropout in training mode: stacked runs would not be independent."""
-    training = [
-        name
-        for name, mod in model.named_modules()
-        if isinstance(mod, TRAIN_DEPENDENT) and mod.training
-    ]
-    if training:
-        raise ModelError(
-            f"{training[:3]} are in training mode: batch norm would normalise over the runs that "
-            "edge attribution stacks along the batch (and update its running statistics), "
-            "dropout would drop at random. Call model.eval() first."
-        )

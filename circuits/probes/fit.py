@@ -24,7 +24,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuits.errors import ConfigError
+from circuits.checks import is_finite
+from circuits.errors import ConfigError, InputError
 from circuits.options import configure, warn_renamed
 from circuits.probes import solvers
 from circuits.probes.data import (
@@ -154,6 +155,8 @@ def fit_matrix(
     site: str | None = None,
 ) -> ProbeResult:
     """Fit on a prepared matrix [N, d] (rows grouped by input as `layout` says)."""
+    if x.shape[1] == 0:
+        raise InputError("the activations have no features (d = 0); probe a site with some")
     check_finite(x, "activations")
     device = x.device
     classify = config.kind != "linear"
@@ -167,7 +170,23 @@ def fit_matrix(
     strata = y.reshape(n_inputs, per_input)[:, 0] if classify and per_input == 1 else None
     train, test = split(n_inputs, per_input, test_fraction=config.test_fraction,
                         seed=config.seed, strata=strata, device=device)  # fmt: skip
+    if config.test_fraction > 0 and len(test) == 0:
+        raise InputError(
+            f"with {n_inputs} inputs, test_fraction={config.test_fraction} leaves no held-out "
+            "example (each class keeps at least one for training), so the test score would be "
+            "NaN; pass more inputs, or test_fraction=0 to fit without a test score"
+        )
+    if not classify and (len(train) < 2 or 0 < len(test) < 2):
+        raise InputError(
+            f"R^2 needs two rows or more on each side of the split; {len(train)} train and "
+            f"{len(test)} test rows here. Pass more inputs, or test_fraction=0"
+        )
     data = _Training(x, train, config, n_classes=len(classes))
+    if not (is_finite(data.mean) and is_finite(data.scale)):
+        raise InputError(
+            f"the activations are too large for {x.dtype} statistics (largest magnitude "
+            f"{float(x.abs().max()):.3g}); rescale them, or pass them as float64"
+        )
     main = data.fit(y)
     w_raw = main.weight / data.scale
     b_raw = main.bias - w_raw @ data.mean

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from circuits.adapters.torch_module import generic_axes
 from circuits.capture import ActivationCache, Index, capture, select, site_list
+from circuits.checks import check_int
 from circuits.errors import ConfigError, InputError, ShapeMismatchError
 from circuits.loops import progress_bar
 from circuits.probes.data import Labels, Layout, as_tensor, to_matrix
@@ -160,8 +161,7 @@ def _from_model(
     progress: bool | None,
 ) -> dict[str, tuple[Tensor, Layout, int]]:
     names = site_list(model, sites)
-    if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
-        raise ConfigError(f"batch_size must be a positive int or None, got {batch_size!r}")
+    check_int(batch_size, "batch_size", allow_none=True)
     if batch_size is not None and isinstance(inputs, Tensor):
         batches = list(inputs.split(batch_size))
     elif batch_size is not None:

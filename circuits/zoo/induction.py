@@ -33,6 +33,7 @@ from jaxtyping import Bool, Int
 from torch import Tensor, nn
 
 from circuits.capture import capture
+from circuits.checks import check_int
 from circuits.errors import ConfigError, InputError, ModelError
 from circuits.zoo.transformers import Line, load_weights, tiny_transformer
 
@@ -123,7 +124,7 @@ def repeated_tokens(
     random later position, after a random gap of zero or more filler tokens. Filler tokens are drawn
     uniformly from the tokens not in the segment, so the repeat is the only way to predict a token.
     """
-    _check(n, seq_len, min_len, max_len, d_vocab)
+    _check(n, seq_len, min_len, max_len, d_vocab, seed)
     return sample(n, torch.Generator().manual_seed(seed), seq_len, min_len, max_len, d_vocab)
 
 
@@ -269,11 +270,11 @@ def _complement(used: Tensor, d_vocab: int) -> Tensor:
     return torch.arange(d_vocab)[keep]
 
 
-def _check(n: int, seq_len: int, min_len: int, max_len: int, d_vocab: int) -> None:
+def _check(n: int, seq_len: int, min_len: int, max_len: int, d_vocab: int, seed: int = 0) -> None:
     sizes = {"n": n, "seq_len": seq_len, "min_len": min_len, "max_len": max_len, "d_vocab": d_vocab}
     for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ConfigError(f"{name} must be a positive int, got {value!r}")
+        check_int(value, name)
+    check_int(seed, "seed", low=0)
     if not 2 <= min_len <= max_len:
         raise ConfigError(
             f"segment lengths need 2 <= min_len <= max_len, got min_len={min_len}, "

@@ -14,9 +14,12 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from circuits.checks import check_int
 from circuits.errors import ConfigError, ModelError
+from circuits.options import check_choice
 
 Line = Literal["hooked", "bridge"]
+NORMS = (None, "LN", "LNPre", "RMS", "RMSPre")
 
 
 def tiny_transformer(
@@ -47,8 +50,14 @@ def tiny_transformer(
         "d_vocab": d_vocab,
         "n_ctx": n_ctx,
     }.items():
-        if not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+        check_int(value, key)
+    check_int(d_mlp, "d_mlp", allow_none=True)
+    check_int(seed, "seed", low=0)
+    if not isinstance(attn_only, bool):
+        raise ConfigError(f"attn_only must be True or False, got {attn_only!r}")
+    check_choice(normalization_type, NORMS, "normalization_type")
+    if not isinstance(act_fn, str):
+        raise ConfigError(f"act_fn must be a TransformerLens activation name, got {act_fn!r}")
     config: dict[str, Any] = dict(
         n_layers=n_layers,
         d_model=d_model,
@@ -86,6 +95,11 @@ def hooked_available() -> bool:
 
 def hooked_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """The model's weights in HookedTransformer's layout, whichever class holds them."""
+    if not isinstance(model, nn.Module) or getattr(model, "cfg", None) is None:
+        raise ModelError(
+            f"hooked_state_dict takes a TransformerLens model (HookedTransformer or "
+            f"TransformerBridge), got {type(model).__name__}"
+        )
     n_heads, d_head = model.cfg.n_heads, model.cfg.d_head  # type: ignore[union-attr]
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if not _is_bridge(model):
