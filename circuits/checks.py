@@ -41,12 +41,12 @@ def check_model(model: Any) -> nn.Module:
             "the model is on the meta device (shapes without values), so it cannot run; load "
             "its weights first (model.to_empty(device=...) and a state dict, or build it on cpu)"
         )
-    training = [
-        name or type(model).__name__
-        for name, mod in model.named_modules()
-        if mod.training and _train_dependent(mod)
-    ]
-    if training:
+    if _any_training(model):
+        training = [
+            name or type(model).__name__
+            for name, mod in model.named_modules()
+            if mod.training and _train_dependent(mod)
+        ]
         raise ModelError(
             f"{training[:3]} are in training mode: a run would update batch norm's running "
             "statistics (changing the model) and normalise over the other examples of the "
@@ -99,6 +99,22 @@ def check_number(value: Any, what: str, *, low: float = -math.inf, high: float =
         bounds = "" if (low, high) == (-math.inf, math.inf) else f" in [{low}, {high}]"
         raise ConfigError(f"{what} must be a finite number{bounds}, got {value!r}")
     return float(value)
+
+
+def _any_training(model: nn.Module) -> bool:
+    """Whether any submodule is train-dependent and in training mode: a walk over the module
+    tree without building names (runs on every run, so it stays cheap on large models)."""
+    seen: set[int] = set()
+    stack = [model]
+    while stack:
+        mod = stack.pop()
+        if id(mod) in seen:
+            continue
+        seen.add(id(mod))
+        if mod.training and _train_dependent(mod):
+            return True
+        stack.extend(child for child in mod._modules.values() if child is not None)
+    return False
 
 
 def _train_dependent(module: nn.Module) -> bool:

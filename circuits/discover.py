@@ -14,12 +14,14 @@ g.graph records the method, metric, pruning settings, ablation and faithfulness.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import networkx as nx
 from torch import nn
 
+from circuits.acdc import acdc
 from circuits.attribution import EdgeMethod, attribute
+from circuits.capture import Baseline
 from circuits.checks import check_number
 from circuits.errors import ConfigError
 from circuits.faithfulness import Faithfulness
@@ -36,31 +38,46 @@ def discover(
     corrupt: Any,
     metric: Any,
     *,
-    method: EdgeMethod = "eap-ig",
+    method: EdgeMethod | Literal["acdc"] = "eap-ig",
     target: float | None = None,
     threshold: float | None = None,
     top_k: int | None = None,
     influence: float | None = None,
-    ablation: Ablation = "patch",
+    ablation: Ablation | None = None,
     meta: dict[str, Any] | None = None,
     **options: Any,
 ) -> nx.DiGraph:
     """The circuit of `model` for `metric` on clean against corrupted inputs, as a schema graph.
 
-    method: "eap" or "eap-ig"; `options` go to `cc.attribute` (steps, rule, direction, layers,
-    max_batch, progress). target: the faithfulness the circuit must reach (default 0.8 when no
-    pruning option is given). threshold, top_k, influence: prune with `cc.prune` instead.
-    ablation: how edges outside the circuit are removed ("patch", "mean", "zero"; see
-    `cc.faithfulness`). meta: provenance for g.graph (model description, seed, ...).
+    method: "eap", "eap-ig" or "edge_patching" (scores, then pruning), or "acdc" (`circuits.acdc`:
+        edges settled one receiver at a time by real interventions; threshold=tau, metric None
+        for KL divergence from the clean output). `options` go to `cc.attribute` (steps, rule,
+        direction, layers, max_batch, progress; reference, seed) or to ACDC (reference, seed,
+        progress). target: the faithfulness the circuit must reach (default 0.8 when no pruning
+        option is given). threshold, top_k, influence: prune with `cc.prune` instead.
+    ablation: what an ablated edge carries, in scoring and in faithfulness alike ("patch" by
+        default, "zero", "mean", "resample"; `circuits.capture.Baseline`). meta: provenance for
+        g.graph (model description, seed, ...).
     """
+    if method == "acdc":
+        if target is not None or top_k is not None or influence is not None or threshold is None:
+            raise ConfigError(
+                "method='acdc' keeps the edges whose removal moves the metric by tau or more: "
+                "pass threshold=tau (for example 0.01), and no target, top_k or influence"
+            )
+        return acdc(model, clean, corrupt, metric, tau=threshold, ablation=ablation, meta=meta,
+                    **options)  # fmt: skip
     pruning = {"threshold": threshold, "top_k": top_k, "influence": influence}
     if target is not None and any(v is not None for v in pruning.values()):
         raise ConfigError("give either target= or pruning options (threshold, top_k, influence)")
     if target is not None and not 0 < check_number(target, "target") <= 1:
         raise ConfigError(f"target must be a faithfulness in (0, 1], got {target!r}")
-    result = attribute(model, clean, corrupt, metric, method=method, **options)
+    chosen = {k: options.pop(k) for k in ("reference", "seed") if k in options}
+    baseline = Baseline(ablation=ablation, **chosen)
+    result = attribute(model, clean, corrupt, metric, method=method, ablation=ablation, **chosen,
+                       **options)  # fmt: skip
     full = build_graph(result, meta=meta)
-    check = Faithfulness(model, full, clean, corrupt, metric, ablation)
+    check = Faithfulness(model, full, clean, corrupt, metric, baseline)
     if any(v is not None for v in pruning.values()):
         g = prune(full, threshold=threshold, top_k=top_k, influence=influence)
         g.graph["faithfulness"] = check.score(g)
@@ -69,7 +86,7 @@ def discover(
         g, score = _smallest(full, check, goal)
         g.graph["faithfulness"] = score
         g.graph["thresholds"] = merge_thresholds(g.graph["thresholds"], {"target": goal})
-    g.graph["ablation"] = ablation
+    g.graph["ablation"] = baseline.chosen(corrupt)
     return g
 
 

@@ -234,7 +234,7 @@ def test_bad_input_raises_and_leaves_the_model_alone(induction):
     with torch.no_grad():
         before = model(clean)
     with pytest.raises(ConfigError, match="ablation"):
-        cc.faithfulness(model, full, clean, corrupt, loss, ablation="resample")
+        cc.faithfulness(model, full, clean, corrupt, loss, ablation="bogus")
     with pytest.raises(ShapeMismatchError):
         cc.faithfulness(model, full, clean, corrupt[:3], loss)
     with pytest.raises(MetricError, match="undefined"):

@@ -225,7 +225,8 @@ BAD = [
     (dict(site=["conv1", "conv1"]), cc.ConfigError, "twice"),
     (dict(site="blocks.{L}.hook_z"), cc.ModelError, "TransformerLens"),
     (dict(corrupt=None), cc.ConfigError, "ablation"),
-    (dict(ablation="zero"), cc.ConfigError, "corrupt=None"),
+    (dict(ablation="zero", direction="denoise"), cc.ConfigError, "direction"),
+    (dict(ablation="zero", reference=torch.zeros(2, 1, 6, 6)), cc.ConfigError, "reference"),
     (dict(direction="sideways"), cc.ConfigError, "direction"),
     (dict(max_batch=0), cc.ConfigError, "max_batch"),
     (

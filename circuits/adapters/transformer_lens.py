@@ -7,9 +7,11 @@ replace) the activation; the same hook engine serves both lines and any other mo
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -53,7 +55,13 @@ HOOK_AXES: dict[str, tuple[tuple[str, ...], ...]] = {
 
 
 def is_transformer_lens(model: nn.Module) -> bool:
-    """True for HookedTransformer, TransformerBridge and other HookedRootModule-like models."""
+    """True for HookedTransformer, TransformerBridge and other HookedRootModule-like models.
+
+    A TransformerBridge builds `hook_dict` afresh on each read (a property); that a class has
+    such a property is enough here, so a run reads the table once, not once per check.
+    """
+    if isinstance(getattr(type(model), "hook_dict", None), property):
+        return True
     return isinstance(getattr(model, "hook_dict", None), dict)
 
 
@@ -106,19 +114,30 @@ def can_resume(model: nn.Module, inputs: Any) -> bool:
 
 
 def resume(
-    model: Any, resid: Tensor, start: int, positions: Sequence[int] | None, batch: int
+    model: Any,
+    resid: Tensor,
+    start: int,
+    positions: Sequence[int] | None,
+    batch: int,
+    past: Mapping[int, tuple[Tensor, Tensor]] | None = None,
 ) -> list[Tensor]:
     """The logits of a pass resumed from `resid` (blocks.start.hook_resid_pre), cut into runs of
     `batch` rows. With `positions`, the final norm and the unembedding run only there; the logits
     keep their full shape (one position broadcast along the position axis, several placed among
-    zeros), so a metric that reads only those positions sees the right values."""
+    zeros), so a metric that reads only those positions sees the right values.
+
+    past: for a causal model, each block's keys and values ([rows, p, head, d_head], as hook_k
+    and hook_v hold them) at the first p positions, which a change at position p or later cannot
+    reach; `resid` then holds positions p.. only, and every block attends to those cached keys
+    instead of recomputing them (`positions` must all be >= p).
+    """
+    offset = 0 if past is None else past[start][0].shape[1]
     x = resid
-    for block in model.blocks[start:]:
-        x = block(x)
-        x = x[0] if isinstance(x, tuple) else x
-    rows, seq = x.shape[0], x.shape[1]
+    for layer, block in enumerate(model.blocks[start:], start):
+        x = _block(block, x, None if past is None else past[layer])
+    rows, seq = x.shape[0], offset + x.shape[1]
     if positions is not None:
-        x = x[:, list(positions)]
+        x = x[:, [p - offset for p in positions]]
     ln_final = getattr(model, "ln_final", None)
     if ln_final is not None:
         x = ln_final(x)
@@ -129,7 +148,93 @@ def resume(
         full = logits.new_zeros(rows, seq, logits.shape[-1])
         index = torch.tensor(list(positions), device=logits.device)
         logits = full.index_copy_(1, index, logits)
+    elif offset:
+        raise ModelError("a pass over a suffix of the positions needs the metric's positions")
     return list(logits.split(batch))
+
+
+def _block(block: nn.Module, x: Tensor, kv: tuple[Tensor, Tensor] | None) -> Tensor:
+    """One block on `x`; with `kv`, `x` is a suffix of the positions and attends to the cached
+    keys and values of the prefix: HookedTransformer's own key-value cache entry, or, on a
+    TransformerBridge's native attention (which has no cache), `_suffix_attention`."""
+    if kv is None:
+        out = block(x)
+    else:
+        native = getattr(getattr(block, "attn", None), "original_component", None)
+        if getattr(native, "accepts_pattern_fn", False):
+            with _patched_forward(
+                cast(nn.Module, native), functools.partial(_suffix_attention, native, *kv)
+            ):
+                out = block(x)
+        else:
+            out = block(x, past_kv_cache_entry=_cache_entry(*kv))
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _cache_entry(keys: Tensor, values: Tensor) -> Any:
+    """HookedTransformer's key-value cache entry holding `keys` and `values`, read-only."""
+    try:
+        from transformer_lens.cache.key_value_cache_entry import (
+            TransformerLensKeyValueCacheEntry as Entry,
+        )
+    except ImportError:  # transformer-lens before 3.9
+        from transformer_lens.past_key_value_caching import (  # type: ignore[no-redef]
+            HookedTransformerKeyValueCacheEntry as Entry,
+        )
+    return Entry(keys, values, frozen=True)
+
+
+@contextmanager
+def _patched_forward(module: nn.Module, forward: Any) -> Iterator[None]:
+    """`module` runs `forward` instead of its own inside the block (removed in `finally`)."""
+    module.forward = forward  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del module.forward
+
+
+def _suffix_attention(
+    attn: Any,
+    past_keys: Tensor,
+    past_values: Tensor,
+    hidden: Tensor,
+    attention_mask: Tensor | None = None,
+    position_ids: Tensor | None = None,
+    pattern_fn: Any = None,
+    **kwargs: Any,
+) -> tuple[Tensor, Tensor]:
+    """A TransformerBridge native attention's forward for queries at positions p.. that attend
+    to cached keys and values at positions < p, through the module's own projections (so their
+    hooks fire) and its pattern hook. Causal, no rotary, no grouped keys, no padding mask:
+    anything else is refused, and the caller falls back to full passes."""
+    if attention_mask is not None or attn.rotary is not None or attn.kv_repeats != 1:
+        raise ModelError("the cached-prefix attention supports causal, unrotated, ungrouped heads")
+    if not attn.causal:
+        raise ModelError("the cached-prefix attention needs a causal model")
+    rows, seq, _ = hidden.shape
+    offset = past_keys.shape[1]
+
+    def heads(t: Tensor, past: Tensor) -> Tensor:
+        now = t.view(rows, seq, attn.n_heads, attn.d_head)
+        return torch.cat([past.to(now.dtype), now], dim=1).transpose(1, 2)
+
+    q = attn.q(hidden).view(rows, seq, attn.n_heads, attn.d_head).transpose(1, 2)
+    k = heads(attn.k(hidden), past_keys)
+    v = heads(attn.v(hidden), past_values)
+    scores = _softcap(torch.matmul(q, k.transpose(-2, -1)) / attn.scale, attn)
+    mask = attn.causal_mask[offset : offset + seq, : offset + seq]
+    pattern = torch.softmax(scores.masked_fill(mask, float("-inf")), dim=-1).masked_fill(mask, 0.0)
+    if pattern_fn is not None:
+        pattern = pattern_fn(pattern)
+    z = torch.matmul(pattern, v).transpose(1, 2).contiguous().view(rows, seq, -1)
+    return attn.o(z), pattern
+
+
+def _softcap(scores: Tensor, attn: Any) -> Tensor:
+    """The attention's soft cap on its scores (Gemma 2), as its own forward applies it."""
+    cap = float(getattr(attn, "attn_scores_soft_cap", 0.0) or 0.0)
+    return scores if cap <= 0 else cap * torch.tanh(scores / cap)
 
 
 def check_editable(model: nn.Module, names: Sequence[str]) -> None:

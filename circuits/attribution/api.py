@@ -32,14 +32,15 @@ from circuits.options import configure
 from .common import DEFAULT_MAX_BATCH
 from .conv import conv_edges
 from .direct import score_direct
+from .edge_patching import edge_patching
 from .edges import transformer_edges
 from .methods import (
-    EAP,
     EAPIG,
     METHODS,
     AttributionPatching,
     DirectEffects,
     EdgeMethod,
+    EdgePatching,
     IntegratedGradients,
     Method,
     MethodConfig,
@@ -60,11 +61,17 @@ def attribute(
     """Attribute `metric` (a scalar function of one run's output) with `method`.
 
     method: a name ("attribution_patching", "integrated_gradients", "eap", "eap-ig",
-        "direct_effects") or its config (`AttributionPatching`, `IntegratedGradients`, `EAP`,
-        `EAPIG`, `DirectEffects`); `options` set the config's fields (see each config for what
-        they mean and their defaults). An option the method does not use is a ConfigError.
-    eap, eap-ig: every edge of the model's graph (TransformerLens models: embeddings, heads,
-        MLPs, logits; conv nets: channels of the conv layers, skips included).
+        "edge_patching", "direct_effects") or its config (`AttributionPatching`,
+        `IntegratedGradients`, `EAP`, `EAPIG`, `EdgePatching`, `DirectEffects`); `options` set
+        the config's fields (see each config for what they mean and their defaults). An option
+        the method does not use is a ConfigError.
+    eap, eap-ig, edge_patching: every edge of the model's graph (TransformerLens models:
+        embeddings, heads, MLPs, logits; conv nets: channels of the conv layers, skips
+        included); edge_patching measures each edge by a real intervention.
+    ablation (every method but direct_effects): what an ablated unit or edge carries, "patch"
+        (the corrupted run's value; the default where corrupt is given), "zero", "mean" (over
+        the corrupted batch, or `reference=`), "resample" (`seed=`); with "zero" or a
+        reference, corrupt may be None.
     direct_effects: `source` and `target` feature bases in the linearised model on `clean`
         (corrupt and metric are None).
     """
@@ -80,29 +87,32 @@ def attribute(
     if metric is None:
         raise ConfigError(f"method={config.name!r} needs a metric: metric(output) -> scalar tensor")
     check_metric(metric)
-    if isinstance(config, AttributionPatching):
+    if corrupt is not None:
         check_pair(clean, corrupt)
+    if isinstance(config, AttributionPatching):
+        config.chosen(corrupt)
         return score_units(model, clean, corrupt, metric, config)
     if isinstance(config, IntegratedGradients):
-        if corrupt is not None:
-            check_pair(clean, corrupt)
         return score_ig(model, clean, corrupt, metric, config)
-    check_pair(clean, corrupt)
+    if isinstance(config, EdgePatching):
+        config.chosen(corrupt)
+        return edge_patching(model, clean, corrupt, metric, config)
+    config.chosen(corrupt)
     path, rows, progress = None, DEFAULT_MAX_BATCH, None
     if isinstance(config, EAPIG):
         path, rows, progress = config.path, config.max_batch or DEFAULT_MAX_BATCH, config.progress
     if is_transformer_lens(model):
         if config.layers is not None:
             raise ConfigError("layers names conv layers; a TransformerLens model's graph is fixed")
-        return transformer_edges(model, clean, corrupt, metric, path=path, max_batch=rows,
-                                 direction=config.direction, progress=progress)  # fmt: skip
-    return conv_edges(model, clean, corrupt, metric, path=path, direction=config.direction,
-                      layers=config.layers, max_batch=rows, progress=progress)  # fmt: skip
+        return transformer_edges(model, clean, corrupt, metric, config, path=path, max_batch=rows,
+                                 progress=progress)  # fmt: skip
+    return conv_edges(model, clean, corrupt, metric, config, path=path, max_batch=rows,
+                      progress=progress)  # fmt: skip
 
 
 def method_config(method: Any, options: dict[str, Any]) -> MethodConfig:
     """The config `method` names (or is), with `options` set on it."""
-    if isinstance(method, AttributionPatching | IntegratedGradients | EAP | EAPIG | DirectEffects):
+    if isinstance(method, MethodConfig):
         return configure(type(method), method, options, what=method.name)
     if not isinstance(method, str) or method not in METHODS:
         raise ConfigError(f"method must be one of {list(get_args(Method))}, got {method!r}")
@@ -135,13 +145,14 @@ def edge_attribution(
     method: EdgeMethod = "eap-ig",
     **options: Any,
 ) -> AttributionResult:
-    """EAP or EAP-IG scores for every edge of the model's graph; options: `EAP`, `EAPIG`.
+    """EAP, EAP-IG or exact edge patching scores for every edge of the model's graph; options:
+    `EAP`, `EAPIG`, `EdgePatching`.
 
     Returns scores [source, target] (NaN where no edge); with EAP-IG the embedding's (input's)
     edges sum to the metric difference up to `completeness_gap`.
     """
     if method not in get_args(EdgeMethod):
-        raise ConfigError(f"method must be 'eap' or 'eap-ig', got {method!r}")
+        raise ConfigError(f"method must be one of {list(get_args(EdgeMethod))}, got {method!r}")
     return attribute(model, clean, corrupt, metric, method=method, **options)
 
 

@@ -52,15 +52,18 @@ import torch
 from torch import Tensor, nn
 
 from circuits.adapters.torch_module import module_table
-from circuits.capture import capture
+from circuits.capture import Baseline, ablated, ablated_input, capture
 from circuits.errors import InputError, ModelError, SiteNotFoundError, closest
+from circuits.hooks import run
 from circuits.ids import NodeId, node_row
-from circuits.metrics import MetricFn, metric_name
-from circuits.modelgraph.channels import INPUT, Conv, Grads, Trace, trace
-from circuits.options import Direction, runs
+from circuits.inputs import batch_size
+from circuits.metrics import MetricFn, metric_name, metric_value
+from circuits.modelgraph.channels import INPUT, Conv, Grads, Trace, patched_run, trace
+from circuits.options import runs
 
 from .common import IGPath
 from .conv_graph import deltas, path_grads
+from .methods import EAP
 from .result import AttributionResult
 
 OUTPUT = "output"
@@ -71,36 +74,42 @@ def conv_edges(
     clean: Any,
     corrupt: Any,
     metric: MetricFn,
+    cfg: EAP,
     *,
     path: IGPath | None,
-    direction: Direction,
-    layers: Sequence[str] | None,
     max_batch: int,
     progress: bool | None,
 ) -> AttributionResult:
     """EAP (path=None) or EAP-IG channel edge scores on the graph of the model's conv layers."""
-    convs = conv_layers(model, layers)
-    base, source = runs(direction, clean, corrupt)
+    convs = conv_layers(model, cfg.layers)
+    base, source = runs(cfg.direction, clean, corrupt)
     if path is not None:
-        base, source = _image(base), _image(source)
+        base = _image(base)
     graph = trace(model, base, convs, metric)
-    if layers is not None and list(layers) != graph.order:
+    if cfg.layers is not None and list(cfg.layers) != graph.order:
         raise ModelError(
-            f"layers lists {list(layers)}, but the forward pass runs them as {graph.order}: "
+            f"layers lists {list(cfg.layers)}, but the forward pass runs them as {graph.order}: "
             "list them in that order"
         )
-    values, src_inputs, source_value = _source_run(model, source, graph, metric)
+    if cfg.direction == "denoise" or cfg.chosen(corrupt) == "patch":  # another run's values
+        values, src_inputs, source_value = _source_run(model, source, graph, metric)
+    else:  # zero, mean or resample: each node ablated, and the input for the path and skips
+        values, src_inputs = ablated_nodes(model, clean, corrupt, graph, cfg)
+        image = None if corrupt is None else _image(corrupt)
+        source = ablated_input(cfg, _image(clean), image).expand_as(clean)
+        with torch.no_grad():
+            source_value = float(metric_value(metric, run(model, source).output))
     grads = (
         graph.grads
         if path is None
-        else path_grads(model, base, source, convs, metric, path=path, max_batch=max_batch,
-                        progress=progress)
+        else path_grads(model, base, _image(source), convs, metric, path=path,
+                        max_batch=max_batch, progress=progress)
     )  # fmt: skip
     moved = deltas(model, base, source, graph, values, src_inputs, max_batch=max_batch)
     scores = _scores(convs, graph, grads, moved, values)
     base_value = graph.metric
-    clean_value, corrupt_value = runs(direction, base_value, source_value)
-    src_keys, tgt_keys, nodes = _nodes(graph)
+    clean_value, corrupt_value = runs(cfg.direction, base_value, source_value)
+    src_keys, tgt_keys, nodes = conv_nodes(graph)
     n_input = graph.values[INPUT].shape[1]
     return AttributionResult(
         scores=scores,
@@ -108,13 +117,29 @@ def conv_edges(
         coords={"source": tuple(src_keys), "target": tuple(tgt_keys)},
         method="eap" if path is None else "eap-ig",
         metric=metric_name(metric),
-        direction=direction,
+        direction=cfg.direction,
         clean_value=clean_value,
         corrupt_value=corrupt_value,
         total=scores[:n_input].nansum().reshape(1),
         expected=torch.tensor([source_value - base_value], device=scores.device),
         node_table=tuple(nodes),
     )
+
+
+def ablated_nodes(
+    model: nn.Module, clean: Any, corrupt: Any, graph: Trace, baseline: Baseline
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Every node's ablated value (INPUT: the first conv's input; [B, ...]) and each conv's input
+    in the run whose nodes all take their ablated values (the source run of EAP's differences;
+    with "patch" that is the corrupted run itself)."""
+    first = f"{graph.order[0]}:input"
+    found, _ = ablated(model, [first, *graph.order], baseline, clean, corrupt,
+                       batch=batch_size(clean))  # fmt: skip
+    values = {INPUT: found[first], **{n: found[n] for n in graph.order}}
+    values = {n: v.expand_as(graph.values[n]) for n, v in values.items()}
+    inputs = patched_run(model, clean, {n: values[n] for n in graph.order})[1]
+    inputs[graph.order[0]] = values[INPUT]
+    return values, inputs
 
 
 def channel_scores(conv: Conv, diff: Tensor, grad: Tensor) -> Tensor:
@@ -181,8 +206,8 @@ def _scores(
     """[source, target] scores: rows the input node and each conv, columns each conv and the
     output; NaN where a node does not feed a conv (or the output) directly."""
     senders = [INPUT, *graph.order]
-    rows = _blocks(senders, [graph.values[node].shape[1] for node in senders])
-    cols = _blocks([*graph.order, OUTPUT], [convs[n].out_channels for n in graph.order] + [1])
+    rows = blocks(senders, [graph.values[node].shape[1] for node in senders])
+    cols = blocks([*graph.order, OUTPUT], [convs[n].out_channels for n in graph.order] + [1])
     scores = torch.full(
         (rows[senders[-1]].stop, cols[OUTPUT].stop), float("nan"), device=graph.values[INPUT].device
     )
@@ -197,7 +222,7 @@ def _scores(
     return scores
 
 
-def _blocks(names: Sequence[str], sizes: Sequence[int]) -> dict[str, slice]:
+def blocks(names: Sequence[str], sizes: Sequence[int]) -> dict[str, slice]:
     """Consecutive index ranges of the given sizes, by name."""
     ends = list(itertools.accumulate(sizes))
     return {
@@ -205,7 +230,7 @@ def _blocks(names: Sequence[str], sizes: Sequence[int]) -> dict[str, slice]:
     }
 
 
-def _nodes(graph: Trace) -> tuple[list[str], list[str], list[dict]]:
+def conv_nodes(graph: Trace) -> tuple[list[str], list[str], list[dict]]:
     """Source keys, target keys and node rows; activation: a channel's mean on the base run."""
     first = f"{graph.order[0]}:input"
     inputs = [NodeId(first, c) for c in range(graph.values[INPUT].shape[1])]

@@ -30,12 +30,15 @@ import einops
 import torch
 from torch import Tensor, nn
 
-from circuits.capture import capture
-from circuits.metrics import MetricFn, metric_name
+from circuits.capture import ablated, capture
+from circuits.hooks import run as hooks_run
+from circuits.inputs import batch_size
+from circuits.metrics import MetricFn, metric_name, metric_value
 from circuits.modelgraph.residual import ResidualGraph, norm_params, norm_vjp
-from circuits.options import Direction, runs
+from circuits.options import runs
 
 from .common import IGPath, fold, path_runs
+from .methods import EAP
 from .result import AttributionResult
 
 
@@ -44,19 +47,27 @@ def transformer_edges(
     clean: Any,
     corrupt: Any,
     metric: MetricFn,
+    cfg: EAP,
     *,
     path: IGPath | None,
-    direction: Direction,
     max_batch: int,
     progress: bool | None,
 ) -> AttributionResult:
     """EAP (path=None) or EAP-IG scores for every edge of a TransformerLens model."""
     g = _Graph(model)
-    base, source = runs(direction, clean, corrupt)
-    src = capture(model, source, sites=g.sender_sites, metric=metric)
+    base, source = runs(cfg.direction, clean, corrupt)
     sites = list(dict.fromkeys([*g.sender_sites, *g.grad_sites, *g.act_sites]))
     run = capture(model, base, sites=sites if path is None else g.sender_sites, grads=path is None,
                   metric=metric)  # fmt: skip
+    if cfg.direction == "denoise":  # the clean run's values patched into the corrupted run
+        src: Mapping[str, Tensor] = capture(model, source, sites=g.sender_sites)
+    else:
+        values, _ = ablated(model, g.sender_sites, cfg, clean, corrupt, batch=batch_size(base))
+        src = {name: v.expand_as(run[name]) for name, v in values.items()}
+    # The source run's metric: the base input with its embeddings set to the source's (every
+    # other sender then follows), so EAP-IG's input edges add up to the difference.
+    at_source = hooks_run(model, base, replace={g.embed: src[g.embed]}).output
+    source_value = float(metric_value(metric, at_source))
     diffs = g.sender_diffs(src, run)
     scores = torch.zeros(len(g.senders), len(g.receivers), dtype=diffs.dtype, device=diffs.device)
     if path is None:
@@ -70,15 +81,15 @@ def transformer_edges(
         ):  # fmt: skip
             g.score(grads, acts, k, diffs, scores)
     scores = scores.masked_fill(~g.valid.to(scores.device), float("nan"))
-    base_value, source_value = float(run.metric or 0.0), float(src.metric or 0.0)
-    clean_value, corrupt_value = runs(direction, base_value, source_value)
+    base_value = float(run.metric or 0.0)
+    clean_value, corrupt_value = runs(cfg.direction, base_value, source_value)
     return AttributionResult(
         scores=scores,
         axes=("source", "target"),
         coords={"source": tuple(g.sender_keys), "target": tuple(g.receiver_keys)},
         method="eap" if path is None else "eap-ig",
         metric=metric_name(metric),
-        direction=direction,
+        direction=cfg.direction,
         clean_value=clean_value,
         corrupt_value=corrupt_value,
         total=scores[0].nansum().reshape(1),

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+from circuits.capture import Baseline
 from circuits.checks import check_int
 from circuits.errors import ConfigError
 from circuits.features import FeatureBasis
@@ -22,19 +23,39 @@ from circuits.units import UnitSpec
 
 from .common import IGPath, Rule
 
-Method = Literal["attribution_patching", "integrated_gradients", "eap", "eap-ig", "direct_effects"]
-EdgeMethod = Literal["eap", "eap-ig"]
+Method = Literal[
+    "attribution_patching",
+    "integrated_gradients",
+    "eap",
+    "eap-ig",
+    "edge_patching",
+    "direct_effects",
+]
+EdgeMethod = Literal["eap", "eap-ig", "edge_patching"]
+
+
+def check_direction(direction: Direction, baseline: Baseline) -> None:
+    """A direction word, and "denoise" only with the corrupted run's values (it patches the clean
+    values into the corrupted run; zero, mean and resample ablate the clean run)."""
+    check_choice(direction, Direction, "direction")
+    if direction == "denoise" and baseline.ablation not in (None, "patch"):
+        raise ConfigError(
+            f"ablation={baseline.ablation!r} ablates the clean run (direction='noise'); "
+            "direction='denoise' patches clean values into the corrupted run: use one of the two"
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
-class AttributionPatching:
+class AttributionPatching(Baseline):
     """First-order estimate of patching each unit of `site`: (patched - current) . gradient.
 
     site: a name, a list, or a `{L}` pattern ("blocks.{L}.attn.hook_z"); None: the input
         (a float tensor) or, on a TransformerLens model, the token embeddings (hook_embed).
     unit: the axes a unit spans (`circuits.units`: ("head",), ("pos", "head"), ("channel",),
         {"head": [3]}); None the whole site, "all" every element.
-    direction: "noise" (run clean, gradient at clean, corrupt - clean) or "denoise".
+    direction: "noise" (run clean, gradient at clean, ablated - clean) or "denoise".
+    ablation, reference, seed: what a unit's patched value is (`circuits.capture.Baseline`:
+        "patch" the corrupted run's value, "zero", "mean", "resample").
     """
 
     name: ClassVar[str] = "attribution_patching"
@@ -43,7 +64,8 @@ class AttributionPatching:
     direction: Direction = "noise"
 
     def __post_init__(self) -> None:
-        check_choice(self.direction, Direction, "direction")
+        Baseline.__post_init__(self)
+        check_direction(self.direction, self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,14 +89,16 @@ class PathOptions:
 
 
 @dataclass(frozen=True, kw_only=True)
-class IntegratedGradients(PathOptions):
-    """Integrated gradients of the metric on the input or one site, against the corrupted input
-    (or zeros): Captum's IntegratedGradients and LayerIntegratedGradients.
+class IntegratedGradients(PathOptions, Baseline):
+    """Integrated gradients of the metric on the input or one site, against a baseline: the
+    corrupted input (or zeros when there is none), or the ablated value (`ablation=`):
+    Captum's IntegratedGradients and LayerIntegratedGradients.
 
     site: None for the input (a float tensor; token embeddings `hook_embed` on a TransformerLens
         model), or one site name (layer integrated gradients; completeness holds per site).
     unit: as for attribution patching; None sums everything, "all" keeps Captum's shape.
-    steps (32), rule, max_batch, progress: `PathOptions`.
+    steps (32), rule, max_batch, progress: `PathOptions`. ablation, reference, seed: the
+        baseline (`circuits.capture.Baseline`; default the corrupted input, zeros without one).
     """
 
     name: ClassVar[str] = "integrated_gradients"
@@ -82,7 +106,8 @@ class IntegratedGradients(PathOptions):
     unit: UnitSpec = None
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        PathOptions.__post_init__(self)
+        Baseline.__post_init__(self)
         if self.site is not None and not isinstance(self.site, str):
             raise ConfigError(
                 "integrated_gradients attributes one site at a time (completeness holds per "
@@ -92,12 +117,14 @@ class IntegratedGradients(PathOptions):
 
 
 @dataclass(frozen=True, kw_only=True)
-class EAP:
+class EAP(Baseline):
     """Edge attribution patching (Syed et al. 2023): every edge of the model's graph in one
     backward pass. TransformerLens models: embeddings, heads, MLPs, logits; conv nets: channels
     of the conv layers named in `layers` (default every conv), skips included.
 
     direction: "noise" (default; the gradient at the clean run) or "denoise".
+    ablation, reference, seed: what an ablated sender carries (`circuits.capture.Baseline`); a
+        sender's difference is (ablated - clean), "patch" (the corrupted run) by default.
     """
 
     name: ClassVar[str] = "eap"
@@ -105,7 +132,8 @@ class EAP:
     layers: Sequence[str] | None = None
 
     def __post_init__(self) -> None:
-        check_choice(self.direction, Direction, "direction")
+        Baseline.__post_init__(self)
+        check_direction(self.direction, self)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,8 +141,9 @@ class EAPIG(PathOptions, EAP):
     """EAP-IG (Hanna et al. 2024): edge scores with the receivers' gradients integrated along the
     path between the runs; the input's edges add up to the metric difference.
 
-    direction, layers: as for EAP. steps (5), rule, max_batch, progress: `PathOptions` (Hanna et
-    al.'s recipe is rule="riemann_left"; Gauss-Legendre needs fewer steps).
+    direction, layers, ablation, reference, seed: as for EAP (the path runs from the ablated
+    to the clean input). steps (5), rule, max_batch, progress: `PathOptions` (Hanna et al.'s
+    recipe is rule="riemann_left"; Gauss-Legendre needs fewer steps).
     """
 
     name: ClassVar[str] = "eap-ig"
@@ -123,6 +152,28 @@ class EAPIG(PathOptions, EAP):
     def __post_init__(self) -> None:
         PathOptions.__post_init__(self)
         EAP.__post_init__(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EdgePatching(Baseline):
+    """Exact edge patching: every edge of the graph EAP scores (same edge keys: a head's query,
+    key and value inputs apart; conv channel edges across residual connections too), scored as
+    m(that edge alone ablated, every other edge kept) - m(clean), by real interventions batched
+    along the batch axis.
+
+    ablation, reference, seed: what the ablated edge carries (`circuits.capture.Baseline`).
+    layers: conv layers, as for EAP. max_batch: rows per forward pass (variants x batch; None:
+        a memory budget picks it). progress: a tqdm bar over the edges.
+    """
+
+    name: ClassVar[str] = "edge_patching"
+    layers: Sequence[str] | None = None
+    max_batch: int | None = None
+    progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        Baseline.__post_init__(self)
+        check_int(self.max_batch, "max_batch", allow_none=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -150,7 +201,10 @@ class DirectEffects:
             raise ConfigError("direct_effects needs source=... and target=... feature bases")
 
 
-MethodConfig = AttributionPatching | IntegratedGradients | EAP | EAPIG | DirectEffects
+MethodConfig = (
+    AttributionPatching | IntegratedGradients | EAP | EAPIG | EdgePatching | DirectEffects
+)
 METHODS: dict[str, type] = {
-    cls.name: cls for cls in (AttributionPatching, IntegratedGradients, EAP, EAPIG, DirectEffects)
+    cls.name: cls
+    for cls in (AttributionPatching, IntegratedGradients, EAP, EAPIG, EdgePatching, DirectEffects)
 }

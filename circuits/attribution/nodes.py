@@ -32,10 +32,11 @@ from torch import Tensor, nn
 
 from circuits.adapters.torch_module import generic_axes
 from circuits.adapters.transformer_lens import is_transformer_lens
-from circuits.capture import capture
+from circuits.capture import ablated, ablated_input, capture
 from circuits.errors import ConfigError, InputError, ShapeMismatchError
 from circuits.hooks import run
 from circuits.ids import metric_node, unit_node
+from circuits.inputs import batch_size
 from circuits.metrics import MetricFn, differentiable, metric_name, metric_value
 from circuits.options import runs
 from circuits.site import Site, expand_sites
@@ -57,27 +58,37 @@ def score_units(
     base, source = runs(direction, clean, corrupt)
     site = _default_site(model, clean, cfg.site)
     if site is None:
-        x_base, x_source = _float_input(base), _float_input(source)
+        x_base = _float_input(base)
+        if direction == "denoise":
+            x_source = _float_input(source)
+        else:
+            x_corrupt = None if corrupt is None else _float_input(corrupt)
+            x_source = ablated_input(cfg, x_base, x_corrupt).expand_as(x_base)
         grad, base_value = _input_grad(model, x_base, metric)
-        source_value = float(metric_value(metric, run(model, x_source).output))
+        source_value: float | None = float(metric_value(metric, run(model, x_source).output))
         infos = {INPUT: Site(INPUT, generic_axes(x_base.ndim), tuple(x_base.shape))}
         acts, diffs, grads = {INPUT: x_base}, {INPUT: x_source - x_base}, {INPUT: grad}
         names, lead = [INPUT], None
     else:
         names, lead, _ = expand_sites(model, site)
-        src = capture(model, source, sites=names, metric=metric)
         ran = capture(model, base, sites=names, grads=True, metric=metric)
+        if direction == "denoise":
+            src = capture(model, source, sites=names, metric=metric)
+            values, source_value = dict(src), float(src.metric or 0.0)
+        else:
+            values, source_value = ablated(model, names, cfg, clean, corrupt,
+                                           batch=batch_size(base), metric=metric)  # fmt: skip
         for name in names:
-            if src[name].shape != ran[name].shape:
+            if values[name].shape[1:] != ran[name].shape[1:]:
                 raise ShapeMismatchError(
                     f"site {name!r} has shape {tuple(ran[name].shape)} on one run and "
-                    f"{tuple(src[name].shape)} on the other; they must match"
+                    f"{tuple(values[name].shape)} on the other; they must match"
                 )
         infos = dict(ran.sites)
         acts = {n: ran[n] for n in names}
-        diffs = {n: src[n] - ran[n] for n in names}
+        diffs = {n: values[n] - ran[n] for n in names}
         grads = {n: ran.grads[n] for n in names}
-        base_value, source_value = float(ran.metric or 0.0), float(src.metric or 0.0)
+        base_value = float(ran.metric or 0.0)
     elementwise = {n: diffs[n] * grads[n] for n in names}
     clean_value, corrupt_value = runs(direction, base_value, source_value)
     return _node_result(
@@ -94,9 +105,14 @@ def score_ig(
     m(baseline) up to `completeness_gap`."""
     rows = cfg.max_batch or DEFAULT_MAX_BATCH
     name = _default_site(model, clean, cfg.site)
+    zeros = cfg.ablation is None and corrupt is None  # Captum's default baseline
     if name is None:
         act = _float_input(clean)
-        baseline = torch.zeros_like(act) if corrupt is None else _float_input(corrupt).to(act)
+        if zeros:
+            baseline = torch.zeros_like(act)
+        else:
+            x_corrupt = None if corrupt is None else _float_input(corrupt)
+            baseline = ablated_input(cfg, act, x_corrupt).expand_as(act)
         info = Site(INPUT, generic_axes(act.ndim), tuple(act.shape))
         clean_value = float(metric_value(metric, run(model, act).output))
         base_value = float(metric_value(metric, run(model, baseline).output))
@@ -104,8 +120,9 @@ def score_ig(
         clean_run = capture(model, clean, sites=[name], metric=metric)
         act, info, clean_value = clean_run[name], clean_run.sites[name], clean_run.metric or 0.0
         baseline = torch.zeros_like(act)
-        if corrupt is not None:
-            baseline = capture(model, corrupt, sites=[name])[name]
+        if not zeros:
+            values, _ = ablated(model, [name], cfg, clean, corrupt, batch=batch_size(clean))
+            baseline = values[name].expand_as(act)
         at_base = run(model, clean, replace={name: baseline}).output
         base_value = float(metric_value(metric, at_base))
     total = torch.zeros_like(act)
@@ -115,7 +132,8 @@ def score_ig(
     ):  # fmt: skip
         total += fold(grads[POINTS], k)
     elementwise = (act - baseline) * total
-    corrupt_value = base_value if corrupt is not None and name is None else None
+    patched = corrupt is not None and cfg.ablation in (None, "patch")
+    corrupt_value = base_value if patched and name is None else None
     key = INPUT if name is None else name
     return _node_result(
         [key], None, {key: info}, cfg.unit, {key: elementwise}, {key: act},

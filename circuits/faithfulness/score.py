@@ -5,36 +5,41 @@
 m(model) is the metric on the clean input; m(circuit) the metric when every edge outside the graph
 is ablated, each at the one receiver it enters (edge level, not node level: a head outside the
 circuit's edges into one head may still feed another); m(empty) the metric with every edge
-ablated. With ablation="patch" (the default) an ablated edge carries its value from the corrupted
-run, so m(empty) is the corrupted run's metric and f = 1 means the circuit alone restores the
-clean behaviour, f = 0 that it restores none of it. "mean" uses the corrupted run's mean over the
-batch (per position), "zero" zeros.
+ablated. What an ablated edge carries is `circuits.capture.Baseline`'s one meaning: "patch" (the
+default) the corrupted run's value, so m(empty) is the corrupted run's metric and f = 1 means the
+circuit alone restores the clean behaviour, f = 0 that it restores none of it; "mean" the mean
+over the corrupted batch or `reference` (per position), "zero" zeros, "resample" another
+example's value (`seed`). With "zero" or a reference, `corrupt` may be None.
 
 Graphs of TransformerLens models (embeddings, heads, MLPs, logits:
 `circuits.modelgraph.residual_ablation`) and of conv channels, across residual connections too
 (`circuits.modelgraph.channel_ablation`), are covered, as
 `cc.attribute(method="eap" or "eap-ig")` builds them. On a conv net "mean" and "zero" ablate a
 node's value (a conv's output), and the ops between convs then act on it.
+
+`Faithfulness` is also the batched ablated run that search methods (ACDC) call: `keep(edges)`
+gives a mask, `values(masks)` the metric of many masks, run stacked along the batch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import networkx as nx
 from torch import nn
 
 from circuits.adapters.transformer_lens import is_transformer_lens
-from circuits.capture import ablation_values, capture
+from circuits.capture import Baseline, ablated, capture
 from circuits.errors import MetricError
 from circuits.graph.schema import validate
-from circuits.inputs import batch_size, check_pair
-from circuits.metrics import metric_value
+from circuits.inputs import batch_size
+from circuits.metrics import metric_positions, metric_value
 from circuits.modelgraph.channel_ablation import ChannelAblation
-from circuits.modelgraph.residual_ablation import ResidualAblation
-from circuits.options import Ablation, check_choice
+from circuits.modelgraph.residual_ablation import MEMORY, Clean, ResidualAblation
+from circuits.options import Ablation
 
-ABLATIONS = ("patch", "mean", "zero")
+ABLATIONS = ("patch", "mean", "zero", "resample")
 
 
 def faithfulness(
@@ -45,15 +50,19 @@ def faithfulness(
     metric: Any,
     *,
     ablation: Ablation = "patch",
+    reference: Any = None,
+    seed: int = 0,
 ) -> float:
     """The circuit's faithfulness on `clean` against `corrupt`; stored in g.graph.
 
+    ablation, reference, seed: what an ablated edge carries (`circuits.capture.Baseline`).
     g.graph["faithfulness"] and g.graph["ablation"] are set. A graph without edges has
     faithfulness 0 by definition. Raises MetricError when the metric does not change between the
     clean and the fully ablated run (the ratio is undefined then).
     """
     validate(g)
-    score = Faithfulness(model, g, clean, corrupt, metric, ablation).score(g) if g.edges else 0.0
+    baseline = Baseline(ablation=ablation, reference=reference, seed=seed)
+    score = Faithfulness(model, g, clean, corrupt, metric, baseline).score(g) if g.edges else 0.0
     g.graph["faithfulness"] = score
     g.graph["ablation"] = ablation
     return score
@@ -63,43 +72,68 @@ class Faithfulness:
     """Faithfulness of subgraphs of one graph, the model's runs shared between them.
 
     The clean run, the ablated values and m(empty) are computed once; each `score(sub)` then
-    costs one ablated run: one forward pass on a transformer, about one per conv on a conv net.
-    `sub` is `g` or a subgraph of it (pruned copies included).
+    costs one ablated run: a forward pass (resumed from the first block an ablated edge enters)
+    on a transformer, about one on a conv net. `sub` is `g` or a subgraph of it (pruned copies
+    included). `baseline`: an ablation name or a `Baseline`.
+
+    For search methods: `keep(edges)` is the mask of an edge set (keys of g's nodes; on a
+    transformer a bool tensor [senders, receivers] over `runner.sender_keys` and
+    `runner.receiver_keys`, a head's query, key and value inputs apart, so a caller may cut one of
+    them alone), `outputs(masks)` the model's output with each mask's edges alone kept, and
+    `values(masks)` the metric of each; masks run many at a time, stacked along the batch under
+    `memory` bytes.
     """
 
     def __init__(
         self, model: nn.Module, g: nx.DiGraph, clean: Any, corrupt: Any, metric: Any,
-        ablation: Ablation = "patch",
+        baseline: Ablation | Baseline = "patch", *, memory: int = MEMORY,
     ) -> None:  # fmt: skip
-        check_choice(ablation, ABLATIONS, "ablation")
-        if ablation == "patch":
-            check_pair(clean, corrupt)
+        base = baseline if isinstance(baseline, Baseline) else Baseline(ablation=baseline)
+        base.chosen(corrupt)  # "patch" without corrupted inputs fails here, before any run
         self.runner: Any = (
             ResidualAblation(model)
             if is_transformer_lens(model)
             else ChannelAblation(model, g, clean, metric)
         )
         self.runner.keep(g, g.edges())  # a graph the runner cannot map fails here, before any run
-        self.g, self.clean, self.metric, self.ablation = g, clean, metric, ablation
-        sites = self.runner.sender_sites
-        base = capture(model, clean, sites=sites, metric=metric)
-        reference = base if ablation == "zero" else capture(model, corrupt, sites=sites)
-        self.ablated = ablation_values(reference, ablation, batch=batch_size(clean))
-        self.model_value = float(base.metric or 0.0)
-        self.empty_value = self._value(self.runner.keep(g, []))
+        self.g, self.metric, self.memory = g, metric, memory
+        values, _ = ablated(model, self.runner.sender_sites, base, clean, corrupt,
+                            batch=batch_size(clean))  # fmt: skip
+        run = capture(model, clean, sites=self.runner.clean_sites, metric=metric)
+        self.base: Any = (
+            Clean(clean, dict(run), metric_positions(metric))
+            if isinstance(self.runner, ResidualAblation)
+            else self.runner.prepare(clean, values)
+        )
+        self.ablated = values
+        self.model_value = float(run.metric or 0.0)
+        (self.empty_value,) = self.values([self.keep([])])
         if abs(self.model_value - self.empty_value) <= 1e-7 * max(1.0, abs(self.model_value)):
             raise MetricError(
                 f"the metric is {self.model_value:.6g} both on the clean input and with every "
-                f"edge ablated ({ablation}), so faithfulness (a ratio of their difference) is "
-                "undefined; use a corrupted input or an ablation that changes the metric"
+                f"edge ablated ({base.chosen(corrupt)}), so faithfulness (a ratio of their "
+                "difference) is undefined; use a corrupted input or an ablation that changes the "
+                "metric"
             )
+
+    def keep(self, edges: Iterable[tuple[str, str]]) -> Any:
+        """The mask that keeps `edges` (keys of the graph's nodes) and ablates every other."""
+        return self.runner.keep(self.g, edges)
+
+    def outputs(self, masks: Sequence[Any]) -> Iterator[Any]:
+        """The model's output with each mask's edges alone kept, in order; the masks run stacked
+        along the batch, as many per pass as the memory budget allows. On a transformer whose
+        metric declares positions, logits elsewhere are unspecified (the metric never reads
+        them)."""
+        return self.runner.outputs(self.base, self.ablated, masks, memory=self.memory)
+
+    def values(self, masks: Sequence[Any]) -> list[float]:
+        """The metric with each mask's edges alone kept."""
+        return [float(metric_value(self.metric, out)) for out in self.outputs(masks)]
 
     def score(self, sub: nx.DiGraph) -> float:
         """(m(sub) - m(empty)) / (m(model) - m(empty)) for a subgraph `sub` of the graph."""
         if not sub.edges:
             return 0.0
-        value = self._value(self.runner.keep(self.g, sub.edges()))
+        (value,) = self.values([self.keep(sub.edges())])
         return (value - self.empty_value) / (self.model_value - self.empty_value)
-
-    def _value(self, keep: Any) -> float:
-        return float(metric_value(self.metric, self.runner.run(self.clean, self.ablated, keep)))

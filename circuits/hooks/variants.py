@@ -9,9 +9,12 @@ run's activation, an ablation value, or a per-variant tensor). Every pass goes t
 Resume (TransformerLens models with token inputs): a patch inside block L cannot change anything
 before it, so a variant starts from the base run's cached `blocks.L.hook_resid_pre` and runs only
 blocks L.., and when the metric declares the positions it reads, the final LayerNorm and the
-unembedding run only there (`circuits.adapters.transformer_lens.resume`). Before first use the
-resumed pass is checked against the base run's output; a model on which it does not reproduce the
-full forward falls back to full passes.
+unembedding run only there (`circuits.adapters.transformer_lens.resume`). In a causal model a patch
+that first touches position p cannot change positions before p either: when the metric reads only
+positions >= p, the blocks run on positions p.. alone, attending to the base run's cached keys and
+values (hook_k, hook_v) at the earlier ones. Before first use each resumed pass is checked against
+the base run's output; a model on which it does not reproduce the full forward falls back to full
+passes (or to all positions).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from circuits.adapters.transformer_lens import can_resume, resume
+from circuits.adapters.transformer_lens import can_resume, hook_axes, hook_table, resume
 from circuits.checks import check_int
 from circuits.errors import ConfigError
 from circuits.hooks.run import run
@@ -62,11 +65,13 @@ class Runner:
         batch: int,
         positions: tuple[int, ...] | None = None,
         resid: Mapping[int, Tensor] | None = None,
+        past: Mapping[int, tuple[Tensor, Tensor]] | None = None,
     ) -> None:
         self.model = model
         self.base = base
         self.batch = batch
         self.resid = dict(resid or {})
+        self.past = dict(past or {})  # block -> its keys and values (hook_k, hook_v) on the base
         seq = base.shape[1] if isinstance(base, Tensor) and base.ndim >= 2 else None
         self.positions = (
             None
@@ -74,14 +79,27 @@ class Runner:
             else sorted({p % seq for p in positions if -seq <= p < seq})
         )
         self.resumable = False
+        self.suffix = False  # whether resumed passes may skip the positions before a patch
 
     def enable_resume(self, base_output: Any, layer: int) -> bool:
-        """Turn the resumed pass on if, from `layer`, it reproduces the base run's output."""
+        """Turn the resumed pass on if, from `layer`, it reproduces the base run's output; then the
+        pass over a suffix of the positions likewise, from the first cached block."""
         if not self.resid or not can_resume(self.model, self.base):
             return False
+        self.resumable = self._reproduces(base_output, layer, 0)
+        if self.resumable and self.past and self.positions:
+            cut = min(self.base.shape[1] // 2, self.positions[0])
+            self.suffix = cut > 0 and self._reproduces(base_output, min(self.past), cut)
+        return self.resumable
+
+    def _reproduces(self, base_output: Any, layer: int, first: int) -> bool:
+        """Whether the pass resumed at `layer` over positions `first`.. gives the base output."""
         try:
             with torch.no_grad():
-                (out,) = resume(self.model, self.resid[layer], layer, self.positions, self.batch)
+                (out,) = resume(
+                    self.model, self.resid[layer][:, first:], layer, self.positions, self.batch,
+                    self._prefix(layer, first, 1),
+                )  # fmt: skip
         except Exception as err:  # a capability probe: any failure means "use full passes"
             log.info("resumed forward unavailable (%s); running full forward passes", err)
             return False
@@ -93,8 +111,32 @@ class Runner:
         ok = torch.allclose(out[:, cols], expected[:, cols], rtol=0, atol=1e-4 * scale)
         if not ok:
             log.info("resumed forward differs from the full one; running full forward passes")
-        self.resumable = ok
         return ok
+
+    def _prefix(self, start: int, first: int, k: int) -> dict[int, tuple[Tensor, Tensor]] | None:
+        """Each block's cached keys and values before position `first`, for k variants."""
+        if not first:
+            return None
+        return {
+            ly: (repeat(keys[:, :first], k), repeat(values[:, :first], k))
+            for ly, (keys, values) in self.past.items()
+            if ly >= start
+        }
+
+    def _firsts(self, k: int, patches: Mapping[str, Sequence[SitePatch]]) -> list[int]:
+        """Per variant, the first position a patch touches, capped by the metric's first (0:
+        a patch spans all positions, or its site has no position axis)."""
+        cap = self.positions[0] if self.positions else 0
+        firsts = torch.full((k,), cap)
+        for name, mine in patches.items():
+            for p in mine:
+                axes = hook_axes(name, p.mask.ndim)
+                if axes is None or "pos" not in axes or p.mask.shape[axes.index("pos")] == 1:
+                    return [0] * k
+                hit = p.mask.movedim(axes.index("pos"), 1).flatten(2).any(2).expand(k, -1).cpu()
+                first = torch.where(hit.any(1), hit.int().argmax(1), cap)
+                firsts = torch.minimum(firsts, first)
+        return firsts.tolist()
 
     def start(self, names: Sequence[str]) -> int | None:
         """The block to resume from for a pass that touches `names` (None: a full pass)."""
@@ -118,23 +160,58 @@ class Runner:
         the pass once that site has run. record: sites whose activation (before this call's
         patches) is kept, as [k, B, ...].
         """
+        if start is not None and self.suffix and not record and stop_after is None:
+            firsts = self._firsts(k, patches)
+            if len(set(firsts)) > 1:  # one pass per first position: each skips what it can
+                return self._by_first(k, patches, start, firsts), {}
+            return self._pass(k, patches, start, None, (), firsts[0])
+        return self._pass(k, patches, start, stop_after, record, 0)
+
+    def _by_first(
+        self, k: int, patches: Mapping[str, Sequence[SitePatch]], start: int, firsts: list[int]
+    ) -> list[Any]:
+        """The outputs of k variants, run in groups that share their first patched position."""
+        outputs: list[Any] = [None] * k
+        for first in sorted(set(firsts)):
+            rows = [i for i in range(k) if firsts[i] == first]
+            mine = {name: [_pick(p, rows) for p in ps] for name, ps in patches.items()}
+            outs, _ = self._pass(len(rows), mine, start, None, (), first)
+            for i, out in zip(rows, outs or [], strict=True):
+                outputs[i] = out
+        return outputs
+
+    def _pass(
+        self,
+        k: int,
+        patches: Mapping[str, Sequence[SitePatch]],
+        start: int | None,
+        stop_after: str | None,
+        record: Sequence[str],
+        first: int,
+    ) -> tuple[list[Any] | None, dict[str, Tensor]]:
+        """One forward pass of k variants (`forward`), over positions `first`.. when resumed."""
         batch = self.batch
 
         def make(mine: Sequence[SitePatch]) -> Any:
             def fn(act: Tensor, site: Site) -> Tensor:
                 stacked = act.reshape(k, batch, *act.shape[1:])
+                pos = site.axes.index("pos") if first else 0
                 for p in mine:
                     src = p.source.to(act.device, act.dtype)
                     src = src if p.per_variant else src.unsqueeze(0)
-                    stacked = torch.where(p.mask.to(act.device).unsqueeze(1), src, stacked)
+                    mask = p.mask.to(act.device).unsqueeze(1)
+                    if first:  # this pass holds positions first.. only
+                        src, mask = _tail(src, pos + 1, first), _tail(mask, pos + 1, first)
+                    stacked = torch.where(mask, src, stacked)
                 return stacked.reshape(act.shape)
 
             return fn
 
         forward = None
         if start is not None and self.resumable:
-            x = repeat(self.resid[start], k)
-            forward = lambda: resume(self.model, x, start, self.positions, batch)  # noqa: E731
+            x = repeat(self.resid[start][:, first:], k)
+            past = self._prefix(start, first, k)
+            forward = lambda: resume(self.model, x, start, self.positions, batch, past)  # noqa: E731
         ran = run(
             self.model,
             repeat(self.base, k),
@@ -148,6 +225,19 @@ class Runner:
             return None, recorded
         outputs = ran.output if forward is not None else split(ran.output, k, batch)
         return outputs, recorded
+
+
+def _pick(patch: SitePatch, rows: list[int]) -> SitePatch:
+    """The patch of the variants `rows` only."""
+    mask = patch.mask if patch.mask.shape[0] == 1 else patch.mask[rows]
+    return SitePatch(
+        mask, patch.source[rows] if patch.per_variant else patch.source, patch.per_variant
+    )
+
+
+def _tail(t: Tensor, dim: int, first: int) -> Tensor:
+    """Positions `first`.. of axis `dim` (an axis of size 1 broadcasts and stays)."""
+    return t if t.shape[dim] == 1 else t.narrow(dim, first, t.shape[dim] - first)
 
 
 @dataclass(frozen=True)
@@ -207,7 +297,9 @@ def base_run(
     blocks = sorted({ly for ly in layers if ly is not None})
     resume_ok = budget.fast and bool(blocks) and None not in layers and can_resume(model, base)
     resid = [f"blocks.{ly}.hook_resid_pre" for ly in blocks] if resume_ok else []
-    ran = run(model, base, record=list(dict.fromkeys([*sites, *resid])))
+    kv = _kv_sites(model, min(blocks)) if resume_ok and positions else {}
+    kv_names = [name for pair in kv.values() for name in pair]
+    ran = run(model, base, record=list(dict.fromkeys([*sites, *resid, *kv_names])))
     value = float(metric_value(metric, ran.output))
     batch = batch_size(base)
     runner = Runner(
@@ -218,6 +310,7 @@ def base_run(
         resid={ly: ran.recorded[f"blocks.{ly}.hook_resid_pre"] for ly in blocks}
         if resume_ok
         else None,
+        past={ly: (ran.recorded[k], ran.recorded[v]) for ly, (k, v) in kv.items()},
     )
     if resume_ok:
         runner.enable_resume(ran.output, max(blocks))
@@ -234,6 +327,17 @@ def base_run(
     )
     sites_seen = {n: ran.sites[n] for n in ran.recorded}
     return BaseRun(ran.recorded, sites_seen, value, runner, rows)
+
+
+def _kv_sites(model: nn.Module, start: int) -> dict[int, tuple[str, str]]:
+    """hook_k and hook_v of every block from `start` on, where the model has them all."""
+    table = hook_table(model)
+    n_layers = len(getattr(model, "blocks", ()))
+    names = {
+        ly: (f"blocks.{ly}.attn.hook_k", f"blocks.{ly}.attn.hook_v")
+        for ly in range(start, n_layers)
+    }
+    return names if all(n in table for pair in names.values() for n in pair) else {}
 
 
 def rows_per_pass(

@@ -20,7 +20,8 @@ at its ablated value.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import networkx as nx
@@ -29,8 +30,12 @@ from torch import Tensor, nn
 
 from circuits.adapters.torch_module import module_table
 from circuits.errors import InputError, ModelError
-from circuits.inputs import repeat
+from circuits.hooks import run
+from circuits.hooks.variants import DEFAULT_MEMORY as MEMORY
+from circuits.inputs import repeat, split
+from circuits.loops import chunks
 from circuits.modelgraph.channels import INPUT, Conv, patched_run, per_channel, trace
+from circuits.site import Site
 
 Keep = tuple[dict[str, Tensor], dict[str, Tensor]]
 """Per conv, keep[feeding node, c', c] (the edge node[c] -> conv[c'] is kept); per node feeding
@@ -71,6 +76,7 @@ class ChannelAblation:
             )
         # the sites whose ablated values `run` reads (as for ResidualAblation)
         self.sender_sites = [f"{self.first}:input", *self.order]
+        self.clean_sites = self.sender_sites
 
     def keep(self, g: nx.DiGraph, edges: Iterable[tuple[str, str]]) -> Keep:
         """Which of the model's channel edges are kept: `edges` (keys of g's nodes)."""
@@ -98,60 +104,182 @@ class ChannelAblation:
             masks[target][self.feeds[target].index(node), int(b["unit"]), int(a["unit"])] = True
         return masks, out
 
-    @torch.no_grad()
-    def run(self, inputs: Any, ablated: dict[str, Tensor], keep: Keep) -> Any:
-        """The model's output on `inputs` with every edge outside `keep` ablated."""
-        masks, out = keep
+    def prepare(self, inputs: Any, ablated: dict[str, Tensor]) -> Prepared:
+        """What every ablated run of `inputs` shares: each node's ablated value, and each conv's
+        input and output with every edge into it cut (one pass, every conv output held)."""
         batch = _batch(inputs)
         held = {INPUT: ablated[f"{self.first}:input"], **{n: ablated[n] for n in self.order}}
         held = {n: value.expand(batch, *value.shape[1:]) for n, value in held.items()}
-        # each node's value in the ablated run; the input node's is the clean one (nothing feeds it)
-        frozen = {n: held[n] for n in self.order}
-        values = {INPUT: patched_run(self.model, inputs, frozen, stop_at=self.first)[1][self.first]}
+        ins = patched_run(self.model, inputs, {n: held[n] for n in self.order})[1]
+        ins[self.first] = held[INPUT]
+        outs = {n: self.convs[n](ins[n]) for n in self.order}
+        return Prepared(inputs, held, ins, outs)
+
+    def outputs(
+        self, base: Prepared, ablated: dict[str, Tensor], keeps: Sequence[Keep], *,
+        memory: int = MEMORY,
+    ) -> Iterator[Any]:  # fmt: skip
+        """The output of each variant, as many variants per pass as `memory` bytes hold."""
+        size = sum(v.numel() * v.element_size() for v in base.held.values())
+        for part in chunks(len(keeps), max(1, memory // (4 * size))):
+            yield from self.run(base, [keeps[i] for i in part])
+
+    @torch.no_grad()
+    def run(self, base: Prepared, keeps: Sequence[Keep]) -> list[Any]:
+        """The output of each variant with only its `keep` edges carrying their value: one pass
+        over the copies every variant's plan asks for, stacked along the batch."""
+        plans = [self._plan(keep) for keep in keeps]
+        copies = [(v, j) for v, plan in enumerate(plans) for j in range(len(plan.assign))]
+        batch = _batch(base.inputs)
+        xs: dict[str, Tensor] = {}
+
+        def mix(node: str, value: Callable[[int], Tensor]) -> Tensor:
+            """The node's value in every copy: held where the copy's plan says so."""
+            parts = []
+            for v, j in copies:
+                carried = plans[v].assign[j].get(node)
+                if carried is None:
+                    parts.append(value(v))
+                    continue
+                held = (carried == 0).to(base.held[node].device)
+                parts.append(torch.where(per_channel(held, base.held[node].ndim),
+                                         base.held[node], value(v)))  # fmt: skip
+            return torch.cat(parts)
+
+        def enter(name: str) -> Any:
+            def fn(act: Tensor, site: Site) -> Tensor | None:
+                if name == self.first:
+                    act = mix(INPUT, lambda v: act[:batch])
+                xs[name] = act
+                return act
+
+            return fn
+
+        def leave(name: str) -> Any:
+            def fn(act: Tensor, site: Site) -> Tensor:
+                x = xs[name].reshape(len(copies), batch, *xs[name].shape[1:])
+                runs = [self._value(name, base, plan, x, copies, v) for v, plan in
+                        enumerate(plans)]  # fmt: skip
+                return mix(name, lambda v: runs[v])
+
+            return fn
+
+        fns: dict[str, Any] = {}
         for name in self.order:
-            senders, conv = self.feeds[name], self.convs[name]
-            code = torch.zeros(masks[name].shape[1:], dtype=torch.long)  # [c', c]: kept senders
+            fns[f"{name}:input"] = enter(name)
+            fns[name] = leave(name)
+        out = run(self.model, repeat(base.inputs, len(copies)), replace=fns).output
+        outs = split(out, len(copies), batch)
+        return [outs[copies.index((v, plan.output))] for v, plan in enumerate(plans)]
+
+    def _value(
+        self, name: str, base: Prepared, plan: Plan, x: Tensor, copies: list[tuple[int, int]],
+        v: int,
+    ) -> Tensor:  # fmt: skip
+        """Conv `name`'s output in variant v: its output with every edge cut, plus per pattern of
+        kept feeding nodes a conv with the pattern's weights of (its input - the cut one)."""
+        conv, none = self.convs[name], base.none_in[name]
+        value = base.none_out[name].clone()
+        code = plan.codes[name]
+        for p, served in plan.served[name].items():
+            diff = torch.zeros_like(none)
+            for j, chans in served:
+                chans = chans.to(x.device)
+                diff[:, chans] = x[copies.index((v, j))][:, chans] - none[:, chans]
+            _add_masked(value, conv, diff, (code == p).to(x.device))
+        return value
+
+    def _plan(self, keep: Keep) -> Plan:
+        """Which copies of the input one variant needs, and what each node carries in each:
+        every pattern of kept feeding nodes a conv reads on some channel must be present, on that
+        channel, in one copy (ops between convs act channel by channel); the output reads one
+        copy with each node feeding it kept or held as its edge to the output says."""
+        masks, out = keep
+        plan = Plan(assign=[], codes={}, served={}, output=-1)
+        for name in self.order:
+            senders = self.feeds[name]
+            code = torch.zeros(masks[name].shape[1:], dtype=torch.long)  # [c', c]
             for i, kept in enumerate(masks[name]):
                 code += kept.long() << i
-            patterns = code.unique().tolist()
-            copies = [
-                {n: values[n] if p >> i & 1 else held[n] for i, n in enumerate(senders)}
-                for p in patterns
-            ]
-            ins = (
-                [c[INPUT] for c in copies]
-                if name == self.first
-                else self._inputs(inputs, name, copies, values, held)
-            )
-            parts = [
-                conv._conv_forward(x, conv.weight * _grouped(code == p, conv).to(x.device), None)
-                for p, x in zip(patterns, ins, strict=True)
-            ]
-            total = torch.stack(parts).sum(0)
-            bias = 0 if conv.bias is None else per_channel(conv.bias, total.ndim)
-            values[name] = total + bias
-        outputs = {n: values[n] for n in self.order}
-        for n, kept in out.items():
-            outputs[n] = torch.where(per_channel(kept.to(values[n].device), values[n].ndim),
-                                     values[n], held[n])  # fmt: skip
-        return patched_run(self.model, inputs, outputs)[0]
-
-    def _inputs(
-        self, inputs: Any, name: str, copies: list[dict[str, Tensor]], values: dict[str, Tensor],
-        held: dict[str, Tensor],
-    ) -> list[Tensor]:  # fmt: skip
-        """The input of conv `name` in each copy: the nodes feeding it at the copy's values, every
-        other conv's output at its value so far (held where not computed yet)."""
-        stacked = {
-            n: torch.cat([c.get(n, values.get(n, held[n])) for c in copies]) for n in self.order
-        }
-        repeated = repeat(inputs, len(copies))
-        moved = patched_run(self.model, repeated, stacked, stop_at=name)[1][name]
-        return list(moved.split(len(moved) // len(copies)))
+            plan.codes[name], plan.served[name] = code, {}
+            for p in code.unique().tolist():
+                if p:
+                    need = (code == p).any(0)
+                    bits = {n: torch.full_like(need, bool(p >> i & 1)) for i, n in
+                            enumerate(senders)}  # fmt: skip
+                    plan.served[name][p] = plan.place(bits, need, self._channels)
+        bits = {n: out[n] for n in self.direct}
+        plan.output = plan.place(bits, None, self._channels)[0][0]
+        return plan
 
     def _channels(self, node: str) -> int:
         conv = self.convs[self.first if node == INPUT else node]
         return conv.in_channels if node == INPUT else conv.out_channels
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The ablated runs' shared part: the inputs, each node's ablated value (INPUT: the first
+    conv's input), each conv's input and output with every edge into it cut."""
+
+    inputs: Tensor
+    held: dict[str, Tensor]
+    none_in: dict[str, Tensor]
+    none_out: dict[str, Tensor]
+
+
+@dataclass
+class Plan:
+    """One variant's copies: assign[j][node] per channel, 1 its value in the variant's run, 0 its
+    ablated value, -1 free; codes[conv] the pattern of kept feeding nodes per [c', c]; served[conv]
+    [pattern] the (copy, channels) holding that pattern's input; output: the copy the output is
+    read from."""
+
+    assign: list[dict[str, Tensor]]
+    codes: dict[str, Tensor]
+    served: dict[str, dict[int, list[tuple[int, Tensor]]]]
+    output: int
+
+    def place(
+        self, bits: dict[str, Tensor], need: Tensor | None, channels: Callable[[str], int]
+    ) -> list[tuple[int, Tensor]]:
+        """Copies (new ones where none fits) whose nodes carry `bits` on the `need` channels
+        (None: on every channel, in one copy)."""
+        found = []
+        j = 0
+        while need is None or bool(need.any()):
+            if j == len(self.assign):
+                self.assign.append({})
+            have = self.assign[j]
+            cur = {n: have.get(n, torch.full((channels(n),), -1, dtype=torch.int8)) for n in bits}
+            fits = [(cur[n] < 0) | (cur[n] == b.to(torch.int8)) for n, b in bits.items()]
+            if need is None:
+                if all(bool(f.all()) for f in fits):
+                    have.update({n: b.to(torch.int8) for n, b in bits.items()})
+                    return [(j, torch.ones(0, dtype=torch.bool))]
+            else:
+                ok = need.clone()
+                for f in fits:
+                    ok &= f
+                if bool(ok.any()):
+                    for n, b in bits.items():
+                        have[n] = torch.where(ok, b.to(torch.int8), cur[n])
+                    found.append((j, ok))
+                    need = need & ~ok
+            j += 1
+        return found
+
+
+def _add_masked(out: Tensor, conv: Conv, x: Tensor, mask: Tensor) -> None:
+    """out += conv of x with only the weights of the [c', c] pairs in `mask`; without groups
+    only the output and input channels the mask touches are convolved."""
+    if int(conv.groups) != 1:
+        out += conv._conv_forward(x, conv.weight * _grouped(mask, conv), None)
+        return
+    rows, cols = mask.any(1).nonzero()[:, 0], mask.any(0).nonzero()[:, 0]
+    pairs = mask[rows][:, cols].to(conv.weight.dtype)
+    weight = conv.weight[rows][:, cols] * pairs.reshape(*pairs.shape, *[1] * (conv.weight.ndim - 2))
+    out.index_add_(1, rows, conv._conv_forward(x[:, cols], weight, None))
 
 
 def _grouped(mask: Tensor, conv: Conv) -> Tensor:

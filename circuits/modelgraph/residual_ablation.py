@@ -1,23 +1,31 @@
-"""Edge ablation on a TransformerLens model: run it with only a graph's edges carrying their value.
+"""Edge ablation on a TransformerLens model: run it with only some edges carrying their value, many
+variants of the edge set stacked along the batch in one pass.
 
 The model is the residual-stream graph of edge attribution (`circuits.modelgraph.residual`):
 senders (the embeddings, each head's output z_h @ W_O[h], each MLP's output) add into the residual
-stream, receivers (each head's query, key and value, each MLP, the logits) read it. Each receiver
-reads its own copy of the residual stream in which every sender it has no graph edge from is
-replaced by its ablated value:
+stream, receivers (each head's query, key and value input apart, each MLP, the logits) read it.
+Each receiver reads its own copy of the residual stream in which every sender it has no kept edge
+from is replaced by its ablated value:
 
     input(r) = resid - sum over senders s without an edge s -> r of (out_s - ablated_s)
 
 where `resid` and `out_s` come from the ablated run itself, so a sender's output already reflects
-the ablation of its own inputs. A head's query, key and value share the head's graph edges (the
-graph merges them into one edge per sender). The copies are fed back at hook_q / hook_k / hook_v
-(through the block's norm and W_Q / W_K / W_V), at mlp.hook_pre (through W_in) and at the last
+the ablation of its own inputs. The copies are fed back at hook_q / hook_k / hook_v (through the
+block's norm and W_Q / W_K / W_V), at mlp.hook_pre (through W_in) and at the last
 hook_resid_post, so nothing needs split-qkv hooks and both transformer-lens lines work.
+
+A keep mask is bool [senders, receivers] (`ResidualGraph.receivers` order); `run` takes k of them
+([k, senders, receivers]) and runs the k variants stacked variant-major along the batch (k * B
+rows). Nothing before the first receiver any variant cuts off can change, so with the clean run's
+activations (`Clean`) the pass resumes from that block's cached `hook_resid_pre`, and with a
+metric's positions the final norm and unembedding run only there
+(`circuits.adapters.transformer_lens.resume`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import einops
@@ -25,30 +33,56 @@ import networkx as nx
 import torch
 from torch import Tensor, nn
 
+from circuits.adapters.transformer_lens import can_resume, resume
 from circuits.errors import InputError
 from circuits.hooks import HookFn, run
-from circuits.modelgraph.residual import LOGITS, ResidualGraph, norm_forward, norm_params
+from circuits.hooks.variants import DEFAULT_MEMORY as MEMORY
+from circuits.inputs import repeat, split
+from circuits.loops import chunks
+from circuits.modelgraph.residual import ResidualGraph, norm_forward, norm_params
 from circuits.site import Site
 
 
+@dataclass(frozen=True)
+class Clean:
+    """The unablated run a batched ablation resumes from: its inputs, the activations at the
+    sender sites and every block's hook_resid_pre (`ResidualAblation.clean_sites`), and the
+    positions the metric reads (None: all)."""
+
+    inputs: Any
+    acts: Mapping[str, Tensor]
+    positions: tuple[int, ...] | None = None
+
+
 class ResidualAblation(ResidualGraph):
-    """The senders and receivers of one TransformerLens model, and a run with edges ablated."""
+    """The senders and receivers of one TransformerLens model, and runs with edges ablated."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model, "edge-level faithfulness")
-        heads = [n for n in self.senders if n.unit >= 0]
-        mlps = [n for n in self.senders if n.site.endswith("hook_mlp_out")]
-        self.ablation_receivers = [*heads, *mlps, LOGITS]
+        self.clean_sites = list(dict.fromkeys(
+            [*self.sender_sites, *(f"blocks.{ly}.hook_resid_pre" for ly in range(self.n_layers)),
+             self.last]
+        ))  # fmt: skip
+        # the block each receiver reads in (the logits: the last block's hook_resid_post)
+        self.recv_layer = torch.tensor(
+            [ly for ly in range(self.n_layers) for _ in range(self.recv_per_layer)]
+            + [self.n_layers - 1]
+        )
+        self.graph_receivers: dict[str, list[int]] = {}  # graph node -> its receiver columns
+        for i, node in enumerate(self.receivers):
+            of = self.input_of.get(str(node), (str(node), ""))[0]
+            self.graph_receivers.setdefault(of, []).append(i)
 
     def keep(self, g: nx.DiGraph, edges: Iterable[tuple[str, str]]) -> Tensor:
-        """keep[s, r]: the edge sender s -> receiver r is kept (`edges` are keys of g's nodes)."""
+        """keep[s, r]: the edge sender s -> receiver r is kept (`edges` are keys of g's nodes; an
+        edge into a head keeps its query, key and value inputs)."""
         send = {n: i for i, n in enumerate(self.senders)}
-        recv = {n: i for i, n in enumerate(self.ablation_receivers)}
         place = {key: self.graph_node(key, attrs) for key, attrs in g.nodes(data=True)}
-        keep = torch.zeros(len(self.senders), len(self.ablation_receivers), dtype=torch.bool)
+        keep = torch.zeros(len(self.senders), len(self.receivers), dtype=torch.bool)
         for u, v in edges:
             a, b = place[u], place[v]
-            if a not in send or b not in recv:
+            cols = self.graph_receivers.get(str(b))
+            if a not in send or cols is None:
                 raise InputError(
                     f"the edge {u!r} -> {v!r} does not run from a sender (embeddings, head, MLP) "
                     "to a receiver (head, MLP, logits) of this model's residual stream"
@@ -58,48 +92,101 @@ class ResidualAblation(ResidualGraph):
                     f"the edge {u!r} -> {v!r} runs backwards: {u!r} writes to the residual stream "
                     f"after {v!r} reads it, so no such edge exists in this model"
                 )
-            keep[send[a], recv[b]] = True
+            keep[send[a], cols] = True
         return keep
 
-    def run(self, inputs: Any, ablated: dict[str, Tensor], keep: Tensor) -> Any:
-        """The model's output on `inputs` with every edge outside `keep` ablated."""
-        drop = (~keep).to(next(iter(ablated.values())).dtype)
+    def rows_per_pass(self, clean: Clean, memory: int = MEMORY) -> int:
+        """How many variants one stacked pass holds under `memory` bytes."""
+        x = clean.acts[self.embed]
+        per_variant = 2 * len(self.senders) * x.numel() * x.element_size()
+        return max(1, memory // max(1, per_variant))
+
+    def outputs(
+        self, clean: Clean, ablated: Mapping[str, Tensor], keeps: Sequence[Tensor] | Tensor,
+        *, memory: int = MEMORY, per_pass: int | None = None,
+    ) -> Iterator[Any]:  # fmt: skip
+        """The output of each variant, run `per_pass` variants at a time (default: as many as
+        `memory` bytes hold)."""
+        keeps = torch.stack(list(keeps)) if not isinstance(keeps, Tensor) else keeps
+        k = per_pass or self.rows_per_pass(clean, memory)
+        for part in chunks(len(keeps), k):
+            yield from self.run(clean, ablated, keeps[part.start : part.stop])
+
+    def start(self, keep: Tensor) -> int:
+        """The first block any of the masks [k, senders, receivers] cuts an edge into; n_layers
+        when only edges into the logits are cut (no block needs to run again)."""
+        cut = ((~keep) & self.valid.to(keep.device)).any(0).any(0)
+        if not bool(cut[:-1].any()):
+            return self.n_layers
+        return int(self.recv_layer.to(keep.device)[cut].min())
+
+    def run(self, clean: Clean, ablated: Mapping[str, Tensor], keep: Tensor) -> list[Any]:
+        """The output of each of the k variants keep[k, senders, receivers] describes (one pass,
+        k * B rows); `ablated` holds each sender site's ablated value [B or 1, ...]."""
+        keep = keep[None] if keep.ndim == 2 else keep
+        k = keep.shape[0]
+        batch = int(clean.acts[self.embed].shape[0])
+        drop = (~keep).to(clean.acts[self.embed].dtype)
+        start = self.start(keep) if can_resume(self.model, clean.inputs) else 0
         state: dict[str, Tensor] = {}
-        diffs: list[Tensor] = []  # [b, p, d] per sender in order, out_s - ablated_s
-        fns: dict[str, HookFn] = {}
+        diffs: list[Tensor] = []  # [k * B, p, d] per sender in order, out_s - ablated_s
+
+        def diff(site: str, act: Tensor) -> None:
+            held = ablated[site].to(act.device)
+            moved = (act.reshape(k, -1, *act.shape[1:]) - held).reshape(act.shape)
+            diffs.extend(self.sender_outputs(site, moved).unbind(0))
 
         def record(act: Tensor, site: Site) -> None:
             state[site.name] = act
             if site.name in ablated:  # a sender site; senders fire in sender order
-                diffs.extend(self.sender_outputs(site.name, act - ablated[site.name]).unbind(0))
+                diff(site.name, act)
 
         def reader(cols: slice, resid_site: str, finish: Any) -> HookFn:
             def fn(act: Tensor, site: Site) -> Tensor:
-                d = drop[: len(diffs), cols].to(act.device)
+                d = drop[:, : len(diffs), cols].to(act.device)  # [k, s, r]
                 if not bool(d.any()):
                     return act
-                delta = einops.einsum(torch.stack(diffs), d, "s b p d, s r -> r b p d")
-                return finish(state[resid_site] - delta, act, d.any(0))
+                x = state[resid_site] - _removed(diffs, d, batch)
+                rows = d.any(1).repeat_interleave(batch, 0)  # [k * B, r]: the row's input moved
+                return finish(x, act, rows)
 
             return fn
 
+        fns: dict[str, HookFn] = {}
         for site in self.sender_sites:
-            fns[site] = record
-        for ly in range(self.n_layers):
+            ly = 0 if site == self.embed else int(site.split(".")[1])
+            if ly >= start:
+                fns[site] = record
+            else:  # written before the resumed blocks: as in the clean run
+                diff(site, repeat(clean.acts[site], k))
+        for ly in range(start, self.n_layers):
             fns[f"blocks.{ly}.hook_resid_pre"] = record
-            heads = slice(ly * self.n_heads, (ly + 1) * self.n_heads)
-            for p in "qkv":
+            base = ly * self.recv_per_layer
+            for i, p in enumerate("qkv"):
+                cols = slice(base + i * self.n_heads, base + (i + 1) * self.n_heads)
                 fns[f"blocks.{ly}.attn.hook_{p}"] = reader(
-                    heads, f"blocks.{ly}.hook_resid_pre", self._qkv(ly, p)
+                    cols, f"blocks.{ly}.hook_resid_pre", self._qkv(ly, p)
                 )
             if self.mlp:
                 fns[f"blocks.{ly}.hook_resid_mid"] = record
-                col = self.n_layers * self.n_heads + ly
+                col = base + 3 * self.n_heads
                 fns[f"blocks.{ly}.mlp.hook_pre"] = reader(
                     slice(col, col + 1), f"blocks.{ly}.hook_resid_mid", self._mlp(ly)
                 )
         fns[self.last] = _chain(record, reader(slice(-1, None), self.last, _resid))
-        return run(self.model, inputs, replace=fns).output
+        inputs = repeat(clean.inputs, k)
+        if start == self.n_layers:  # only the logits read another residual stream
+            x = repeat(clean.acts[self.last], k) - _removed(diffs, drop[:, :, -1:], batch)[0]
+            forward = lambda: resume(self.model, x, start, clean.positions, batch)  # noqa: E731
+            return list(run(self.model, inputs, forward=forward).output)
+        if start == 0:
+            return split(run(self.model, inputs, replace=fns).output, k, batch)
+        x = repeat(clean.acts[f"blocks.{start}.hook_resid_pre"], k)
+        fns.pop(f"blocks.{start}.hook_resid_pre")
+        state[f"blocks.{start}.hook_resid_pre"] = x
+        ran = run(self.model, inputs, replace=fns,
+                  forward=lambda: resume(self.model, x, start, clean.positions, batch))  # fmt: skip
+        return list(ran.output)
 
     def _qkv(self, layer: int, p: str) -> Any:
         block = self.model.blocks[layer]
@@ -107,10 +194,10 @@ class ResidualAblation(ResidualGraph):
         b = getattr(block.attn, f"b_{p.upper()}")
         params = norm_params(block.ln1, self.norm)
 
-        def finish(x: Tensor, act: Tensor, changed: Tensor) -> Tensor:
-            x = norm_forward(x, self.norm, params, self.eps)  # [head, b, p, d]
+        def finish(x: Tensor, act: Tensor, rows: Tensor) -> Tensor:
+            x = norm_forward(x, self.norm, params, self.eps)  # [head, rows, p, d]
             new = einops.einsum(x, w, "h b p d, h d e -> b p h e") + b
-            return torch.where(changed.to(act.device)[:, None], new, act)
+            return torch.where(rows[:, None, :, None], new, act)
 
         return finish
 
@@ -118,15 +205,31 @@ class ResidualAblation(ResidualGraph):
         block = self.model.blocks[layer]
         params = norm_params(block.ln2, self.norm)
 
-        def finish(x: Tensor, act: Tensor, changed: Tensor) -> Tensor:
+        def finish(x: Tensor, act: Tensor, rows: Tensor) -> Tensor:
             x = norm_forward(x[0], self.norm, params, self.eps)
-            return x @ block.mlp.W_in + block.mlp.b_in
+            return torch.where(rows[:, :1, None], x @ block.mlp.W_in + block.mlp.b_in, act)
 
         return finish
 
 
-def _resid(x: Tensor, act: Tensor, changed: Tensor) -> Tensor:
-    return x[0]
+def _removed(diffs: list[Tensor], d: Tensor, batch: int) -> Tensor:
+    """[r, k * B, p, d]: per receiver and row, the sum of the differences of the senders cut
+    from it (d [k, s, r]); a few cuts (single-edge variants) are added one by one, many in one
+    contraction."""
+    k, _, r = d.shape
+    hits = d.nonzero().tolist()
+    if len(hits) > k * r:
+        stacked = torch.stack(diffs).unflatten(1, (k, batch))
+        return einops.einsum(stacked, d, "s k b p d, k s r -> r k b p d").flatten(1, 2)
+    out = diffs[0].new_zeros(r, *diffs[0].shape)
+    for v, s, c in hits:
+        rows = slice(v * batch, (v + 1) * batch)
+        out[c, rows] += diffs[s][rows]
+    return out
+
+
+def _resid(x: Tensor, act: Tensor, rows: Tensor) -> Tensor:
+    return torch.where(rows[:, :1, None], x[0], act)
 
 
 def _chain(first: HookFn, second: HookFn) -> HookFn:

@@ -3,8 +3,9 @@
 Denoising runs the corrupted input and patches in the clean activation (TransformerLens's
 `get_act_patch_*` convention): a unit whose clean value restores the clean behaviour matters.
 Noising runs the clean input and patches in the corrupted activation. Ablation runs the clean input
-and replaces the unit with zero, its mean over a reference batch, or its value on another example
-(resample), with no corrupted input.
+and replaces the unit with the corrupted value ("patch"), zero, its mean over a reference batch,
+or its value on another example ("resample"); with "zero" or a reference no corrupted input is
+needed.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from jaxtyping import Num
 from torch import Tensor, nn
 
 from circuits.adapters.transformer_lens import check_editable
-from circuits.capture import ablation_values, capture
+from circuits.capture import Baseline, ablated, ablation_values, capture
 from circuits.errors import ConfigError, ShapeMismatchError
 from circuits.hooks.variants import Budget, SitePatch, base_run
 from circuits.inputs import check_pair
@@ -30,8 +31,6 @@ from circuits.site import expand_sites, resolve
 from circuits.units import UnitSpec, parse_unit, unit_mask
 
 from .result import PatchingResult
-
-ABLATIONS = ("zero", "mean", "resample")
 
 
 def patch(
@@ -60,9 +59,10 @@ def patch(
     metric: `metric(output) -> scalar tensor` for one run (see circuits.metrics); it may declare
         `metric.positions`, the positions it reads, so logits are computed only there.
     direction: "denoise" (default; run corrupt, patch in clean) or "noise" (run clean, patch in
-        corrupt). ablation: "zero", "mean" or "resample" with corrupt=None: run clean and replace
-        the unit by zero, its mean over `reference` (default: clean), or its value on a random
-        other example of `reference` (drawn with `seed`).
+        corrupt). ablation: run clean and replace the unit by the corrupted run's value
+        ("patch", the same as direction="noise"), zero, its mean over `reference` (default: the
+        corrupted batch, else clean), or its value on a random other example of that batch
+        ("resample", drawn with `seed`); corrupt may then be None (`circuits.capture.Baseline`).
     budget (or its fields as keywords: max_batch, memory, fast, progress): rows per forward pass
         (variants x batch) or a byte budget to pick it, whether to resume each variant from the
         cached residual stream before the patched block (TransformerLens models; checked against
@@ -73,20 +73,23 @@ def patch(
     """
     budget = configure(Budget, budget, budget_options)
     check_metric(metric)
+    baseline = Baseline(ablation=ablation, reference=reference, seed=seed)
     if ablation is None:
         if corrupt is None:
             raise ConfigError(
                 "corrupt is None: pass corrupted inputs, or ablation='zero' / 'mean' / 'resample'"
             )
         chosen: Direction = check_choice(direction or "denoise", Direction, "direction")
-        check_pair(clean, corrupt)
     else:
-        check_choice(ablation, ABLATIONS, "ablation")
-        if corrupt is not None:
-            raise ConfigError("ablation replaces corrupted inputs: pass corrupt=None with it")
+        baseline.chosen(corrupt)
         if direction not in (None, "noise"):
-            raise ConfigError("ablation runs the clean input (direction='noise'); omit direction")
+            raise ConfigError(
+                f"ablation={ablation!r} replaces values in the clean run (direction='noise'); "
+                "omit direction, or pass ablation=None with direction='denoise'"
+            )
         chosen = "noise"
+    if corrupt is not None:
+        check_pair(clean, corrupt)
     names, lead, lead_coords = expand_sites(model, site)
     resolve(model, names)
     check_editable(model, names)
@@ -99,14 +102,10 @@ def patch(
         source_value = src.metric
         _check_shapes(src, run.sites, "source")
         sources = ablation_values(src, "patch", batch=run.batch)
-    elif ablation == "zero":
-        sources = ablation_values(run.acts, "zero", batch=run.batch)
     else:
-        ref = capture(model, clean if reference is None else reference, sites=names)
-        _check_shapes(ref, run.sites, "reference")
-        sources = ablation_values(
-            ref, ablation, batch=run.batch, seed=seed, exclude_self=reference is None
-        )
+        sources, source_value = ablated(model, names, baseline, clean, corrupt, batch=run.batch,
+                                        metric=metric)  # fmt: skip
+        _check_shapes(sources, run.sites, "reference")
 
     sites = [run.sites[n] for n in names]
     units = [parse_unit(unit, s) for s in sites]
@@ -138,7 +137,7 @@ def patch(
         clean_value, corrupt_value = runs(chosen, run.value, source_value)
         method = str(chosen)
     else:
-        clean_value, corrupt_value, method = run.value, None, str(ablation)
+        clean_value, corrupt_value, method = run.value, source_value, str(ablation)
     return PatchingResult(
         values=values,
         axes=((lead,) if lead else ()) + axes,
