@@ -141,10 +141,11 @@ def test_patch(x, y, unit, direction, m, max_batch) -> None:
 
 @SETTINGS
 @given(x=images(), y=images(), method=st.sampled_from(
-    ["attribution_patching", "integrated_gradients", "eap", "eap-ig"]), m=metrics,
-    steps=st.sampled_from([1, 2, 0]))  # fmt: skip
-def test_attribute_conv(x, y, method, m, steps) -> None:
-    options: dict[str, Any] = {}
+    ["attribution_patching", "integrated_gradients", "eap", "eap-ig", "edge_patching"]),
+    m=metrics, steps=st.sampled_from([1, 2, 0]),
+    ablation=st.sampled_from([None, "patch", "zero", "mean", "resample", "bogus"]))  # fmt: skip
+def test_attribute_conv(x, y, method, m, steps, ablation) -> None:
+    options: dict[str, Any] = {"ablation": ablation}
     if method in ("integrated_gradients", "eap-ig"):
         options["steps"] = steps
     if method == "attribution_patching":

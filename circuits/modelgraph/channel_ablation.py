@@ -10,10 +10,13 @@ edge node[c] -> B[c'] is kept, and at its ablated value where it is not:
 
     B[c'] = b[c'] + sum over c of conv(B_in[c] from (kept: run value, others: ablated), W[c', c])
 
-Pairs that keep the same set of feeding nodes share one input, so each conv costs one forward
-pass (conv outputs fixed, one copy per distinct set stacked along the batch) and one masked
-convolution per set. Convs go in the order the model runs them, each from the values computed
-before it, so a node's value reflects the ablation of its own inputs. The output reads the nodes
+which is conv(B_in with every edge cut) plus, per set of kept feeding nodes, a convolution with
+only that set's [c', c] weights of (B_in for that set - B_in with every edge cut):
+out = conv(x_abl) + conv_{W*M}(x - x_abl). `prepare` computes every conv's all-cut input and
+output once (one pass, every conv output at its ablated value). Pairs that keep the same set of
+feeding nodes share one input copy, and the copies every variant needs, with each node's
+channels at its run or its ablated value as the copy's plan says, run stacked along the batch in
+one pass; a node's value then reflects the ablation of its own inputs. The output reads the nodes
 that feed it directly: channel c of each at its run value if its edge to the output is kept, else
 at its ablated value.
 """
