@@ -59,15 +59,19 @@ def transformer_edges(
     sites = list(dict.fromkeys([*g.sender_sites, *g.grad_sites, *g.act_sites]))
     run = capture(model, base, sites=sites if path is None else g.sender_sites, grads=path is None,
                   metric=metric)  # fmt: skip
+    source_value: float | None
     if cfg.direction == "denoise":  # the clean run's values patched into the corrupted run
-        src: Mapping[str, Tensor] = capture(model, source, sites=g.sender_sites)
+        found = capture(model, source, sites=g.sender_sites, metric=metric)
+        src: Mapping[str, Tensor] = found
+        source_value = float(found.metric or 0.0)
     else:
-        values, _ = ablated(model, g.sender_sites, cfg, clean, corrupt, batch=batch_size(base))
+        values, source_value = ablated(model, g.sender_sites, cfg, clean, corrupt,
+                                       batch=batch_size(base), metric=metric, like=run)  # fmt: skip
         src = {name: v.expand_as(run[name]) for name, v in values.items()}
-    # The source run's metric: the base input with its embeddings set to the source's (every
-    # other sender then follows), so EAP-IG's input edges add up to the difference.
-    at_source = hooks_run(model, base, replace={g.embed: src[g.embed]}).output
-    source_value = float(metric_value(metric, at_source))
+    if source_value is None:  # zero, mean, resample: the base input with its embeddings
+        # ablated (every other sender follows), so EAP-IG's input edges add up to the difference
+        at_source = hooks_run(model, base, replace={g.embed: src[g.embed]}).output
+        source_value = float(metric_value(metric, at_source))
     diffs = g.sender_diffs(src, run)
     scores = torch.zeros(len(g.senders), len(g.receivers), dtype=diffs.dtype, device=diffs.device)
     if path is None:

@@ -77,13 +77,17 @@ def ablated(
     *,
     batch: int,
     metric: Any = None,
+    like: Mapping[str, Tensor] | None = None,
 ) -> tuple[dict[str, Tensor], float | None]:
     """Per site, the values ablated units take ([batch or 1, ...]; a 1 broadcasts), and the
     metric on the reference run when it is the corrupted run of "patch" (else None).
 
-    Runs the one reference run the baseline names (module docstring).
+    Runs the one reference run the baseline names (module docstring); "zero" runs nothing when
+    `like` (the clean run's activations at the sites) gives the shapes.
     """
     ablation, inputs, exclude_self = _reference(baseline, clean, corrupt)
+    if ablation == "zero" and like is not None:
+        return ablation_values({s: like[s] for s in sites}, "zero", batch=batch), None
     ref = capture(model, inputs, sites=list(sites), metric=metric if ablation == "patch" else None)
     values = ablation_values(ref, ablation, batch=batch, seed=baseline.seed,
                              exclude_self=exclude_self)  # fmt: skip
