@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 import circuits as cc
-from benchmarks.resnet import resnet18
+from benchmarks.resnet import logit0, resnet_case
 from benchmarks.timing import best_time, row
 from circuits.attribution import attribute
 from circuits.faithfulness import Faithfulness
@@ -120,13 +120,8 @@ def induction_rows() -> list[dict[str, object]]:
 
 
 def conv_rows() -> list[dict[str, object]]:
-    torch.manual_seed(0)
-    model = resnet18(num_classes=10).eval()
-    gen = torch.Generator().manual_seed(0)
-    clean, corrupt = torch.randn(2, 2, 3, 64, 64, generator=gen)
-
-    def metric(out: torch.Tensor) -> torch.Tensor:
-        return out[:, 0].sum()
+    model, clean, corrupt = resnet_case()
+    metric = logit0
 
     def forward_backward() -> None:
         metric(model(clean)).backward()

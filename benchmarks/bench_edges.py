@@ -19,7 +19,7 @@ import time
 import torch
 
 import circuits as cc
-from benchmarks.resnet import resnet18
+from benchmarks.resnet import logit0, resnet_case
 from benchmarks.timing import interleaved, row
 from circuits.acdc import acdc
 from circuits.faithfulness import Faithfulness
@@ -86,13 +86,8 @@ def transformer_rows() -> list[dict[str, object]]:
 
 
 def conv_rows() -> list[dict[str, object]]:
-    torch.manual_seed(0)
-    model = resnet18(num_classes=10).eval()
-    gen = torch.Generator().manual_seed(0)
-    clean, corrupt = torch.randn(2, 2, 3, 64, 64, generator=gen)
-
-    def metric(out: torch.Tensor) -> torch.Tensor:
-        return out[:, 0].sum()
+    model, clean, corrupt = resnet_case()
+    metric = logit0
 
     full = cc.build_graph(cc.attribute(model, clean, corrupt, metric, method="eap"))
     circuit = cc.prune(full, top_k=full.number_of_edges() // 20)

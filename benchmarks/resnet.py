@@ -45,3 +45,17 @@ def resnet18(num_classes: int = 1000) -> nn.Module:
         nn.Flatten(),
         nn.Linear(512, num_classes),
     ).eval()
+
+
+def logit0(out: torch.Tensor) -> torch.Tensor:
+    """The conv benchmarks' metric: the summed logit of class 0."""
+    return out[:, 0].sum()
+
+
+def resnet_case() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """The conv benchmarks' ResNet-18 (10 classes, eval mode) and a clean and a corrupted batch
+    of 2 x 3 x 64 x 64 images, all seeded."""
+    torch.manual_seed(0)
+    model = resnet18(num_classes=10).eval()
+    clean, corrupt = torch.randn(2, 2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    return model, clean, corrupt
