@@ -77,7 +77,8 @@ def score_units(
             values, source_value = dict(src), float(src.metric or 0.0)
         else:
             values, source_value = ablated(model, names, cfg, clean, corrupt,
-                                           batch=batch_size(base), metric=metric)  # fmt: skip
+                                           batch=batch_size(base), metric=metric,
+                                           like=ran)  # fmt: skip
         for name in names:
             if values[name].shape[1:] != ran[name].shape[1:]:
                 raise ShapeMismatchError(
@@ -121,7 +122,8 @@ def score_ig(
         act, info, clean_value = clean_run[name], clean_run.sites[name], clean_run.metric or 0.0
         baseline = torch.zeros_like(act)
         if not zeros:
-            values, _ = ablated(model, [name], cfg, clean, corrupt, batch=batch_size(clean))
+            values, _ = ablated(model, [name], cfg, clean, corrupt, batch=batch_size(clean),
+                                like=clean_run)  # fmt: skip
             baseline = values[name].expand_as(act)
         at_base = run(model, clean, replace={name: baseline}).output
         base_value = float(metric_value(metric, at_base))

@@ -24,7 +24,7 @@ gives a mask, `values(masks)` the metric of many masks, run stacked along the ba
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, get_args
 
 import networkx as nx
 from torch import nn
@@ -39,7 +39,7 @@ from circuits.modelgraph.channel_ablation import ChannelAblation
 from circuits.modelgraph.residual_ablation import MEMORY, Clean, ResidualAblation
 from circuits.options import Ablation
 
-ABLATIONS = ("patch", "mean", "zero", "resample")
+ABLATIONS = get_args(Ablation)
 
 
 def faithfulness(
@@ -97,9 +97,9 @@ class Faithfulness:
         )
         self.runner.keep(g, g.edges())  # a graph the runner cannot map fails here, before any run
         self.g, self.metric, self.memory = g, metric, memory
-        values, _ = ablated(model, self.runner.sender_sites, base, clean, corrupt,
-                            batch=batch_size(clean))  # fmt: skip
         run = capture(model, clean, sites=self.runner.clean_sites, metric=metric)
+        values, _ = ablated(model, self.runner.sender_sites, base, clean, corrupt,
+                            batch=batch_size(clean), like=run)  # fmt: skip
         self.base: Any = (
             Clean(clean, dict(run), metric_positions(metric))
             if isinstance(self.runner, ResidualAblation)

@@ -104,7 +104,7 @@ def patch(
         sources = ablation_values(src, "patch", batch=run.batch)
     else:
         sources, source_value = ablated(model, names, baseline, clean, corrupt, batch=run.batch,
-                                        metric=metric)  # fmt: skip
+                                        metric=metric, like=run.acts)  # fmt: skip
         _check_shapes(sources, run.sites, "reference")
 
     sites = [run.sites[n] for n in names]
