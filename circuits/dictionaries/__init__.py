@@ -1,0 +1,12 @@
+"""Dictionary features: sparse autoencoders and transcoders, trained here or loaded from
+SAELens's folder format, usable as a feature basis everywhere a `UnitBasis` is.
+
+    d = cc.train_dictionary(cache, 512, site="blocks.0.hook_resid_post")
+    d.save("sae/"); d = cc.load_dictionary("sae/")
+    basis = d.as_basis()
+"""
+
+from circuits.dictionaries.config import Activation, DictionaryConfig, Kind
+from circuits.dictionaries.dictionary import Dictionary, DictionaryBasis
+
+__all__ = ["Activation", "Dictionary", "DictionaryBasis", "DictionaryConfig", "Kind"]
