@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
 from torch import nn
 
 # Axis names by rank for activations of modules we know nothing about. Rank 4 is the conv case.
@@ -22,3 +26,14 @@ def module_table(model: nn.Module) -> dict[str, nn.Module]:
 def generic_axes(ndim: int) -> tuple[str, ...]:
     """Axis names for an activation of rank `ndim` (`dim0`, `dim1`, ... beyond rank 5)."""
     return AXES_BY_RANK.get(ndim, ("batch", *(f"dim{i}" for i in range(1, ndim))))
+
+
+@contextmanager
+def patched_forward(module: nn.Module, forward: Any) -> Iterator[None]:
+    """`module` runs `forward` instead of its own inside the block (removed in `finally`); its
+    hooks still run around it."""
+    module.forward = forward  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del module.forward

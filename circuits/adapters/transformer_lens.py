@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
+from circuits.adapters.torch_module import patched_forward
 from circuits.errors import ModelError
 
 # Axis names of TransformerLens activations, by the last part of the hook name and by rank.
@@ -162,7 +162,7 @@ def _block(block: nn.Module, x: Tensor, kv: tuple[Tensor, Tensor] | None) -> Ten
     else:
         native = getattr(getattr(block, "attn", None), "original_component", None)
         if getattr(native, "accepts_pattern_fn", False):
-            with _patched_forward(
+            with patched_forward(
                 cast(nn.Module, native), functools.partial(_suffix_attention, native, *kv)
             ):
                 out = block(x)
@@ -182,16 +182,6 @@ def _cache_entry(keys: Tensor, values: Tensor) -> Any:
             HookedTransformerKeyValueCacheEntry as Entry,
         )
     return Entry(keys, values, frozen=True)
-
-
-@contextmanager
-def _patched_forward(module: nn.Module, forward: Any) -> Iterator[None]:
-    """`module` runs `forward` instead of its own inside the block (removed in `finally`)."""
-    module.forward = forward  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        del module.forward
 
 
 def _suffix_attention(

@@ -55,7 +55,7 @@ from circuits.adapters.torch_module import module_table
 from circuits.capture import Baseline, ablated, ablated_input, capture
 from circuits.errors import InputError, ModelError, SiteNotFoundError, closest
 from circuits.hooks import run
-from circuits.ids import NodeId, node_row
+from circuits.ids import NodeId, node_row, unit_rows
 from circuits.inputs import batch_size
 from circuits.metrics import MetricFn, metric_name, metric_value
 from circuits.modelgraph.channels import INPUT, Conv, Grads, Trace, patched_run, trace
@@ -145,10 +145,7 @@ def ablated_nodes(
 def channel_scores(conv: Conv, diff: Tensor, grad: Tensor) -> Tensor:
     """[in_channel, out_channel] edge scores of one conv layer (NaN where groups cut the pair)."""
     weight = conv.weight.detach()
-    leaf = weight.clone().requires_grad_(True)
-    with torch.enable_grad():
-        out = conv._conv_forward(diff.detach(), leaf, None)
-        (wgrad,) = torch.autograd.grad(out, [leaf], grad_outputs=[grad.detach()])
+    wgrad = _weight_grad(conv, diff.detach(), grad.detach())
     per = (weight * wgrad).flatten(2).sum(-1)  # [out, in / groups]
     groups = int(conv.groups)
     if groups == 1:
@@ -159,6 +156,20 @@ def channel_scores(conv: Conv, diff: Tensor, grad: Tensor) -> Tensor:
     for g in range(groups):
         scores[g * i : (g + 1) * i, g * o : (g + 1) * o] = per[g * o : (g + 1) * o].T
     return scores
+
+
+def _weight_grad(conv: Conv, x: Tensor, grad: Tensor) -> Tensor:
+    """d sum(grad * conv(x, W)) / dW: one weight-gradient convolution, with no forward conv."""
+    if isinstance(conv.padding, str) or conv.padding_mode != "zeros":  # padding done by the module
+        leaf = conv.weight.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            out = conv._conv_forward(x, leaf, None)
+            return torch.autograd.grad(out, [leaf], grad_outputs=[grad])[0]
+    zeros = [0] * (x.ndim - 2)
+    return torch.ops.aten.convolution_backward(
+        grad, x, conv.weight.detach(), None, conv.stride, conv.padding, conv.dilation,
+        False, zeros, conv.groups, [False, True, False],
+    )[1]  # fmt: skip
 
 
 def conv_layers(model: nn.Module, layers: Sequence[str] | None) -> dict[str, Conv]:
@@ -232,23 +243,15 @@ def blocks(names: Sequence[str], sizes: Sequence[int]) -> dict[str, slice]:
 
 def conv_nodes(graph: Trace) -> tuple[list[str], list[str], list[dict]]:
     """Source keys, target keys and node rows; activation: a channel's mean on the base run."""
-    first = f"{graph.order[0]}:input"
-    inputs = [NodeId(first, c) for c in range(graph.values[INPUT].shape[1])]
-    nodes = [
-        node_row(node, "input", activation=mean)
-        for node, mean in zip(inputs, _channel_means(graph.values[INPUT]), strict=True)
-    ]
+    nodes = unit_rows(f"{graph.order[0]}:input", "input", _channel_means(graph.values[INPUT]))
+    src = [row["key"] for row in nodes]
     tgt = []
     for i, name in enumerate(graph.order):
-        means = _channel_means(graph.values[name])
-        channels = [NodeId(name, c) for c in range(len(means))]
-        nodes += [
-            node_row(node, "channel", layer=i, activation=mean)
-            for node, mean in zip(channels, means, strict=True)
-        ]
-        tgt += [str(n) for n in channels]
+        rows = unit_rows(name, "channel", _channel_means(graph.values[name]), layer=i)
+        nodes += rows
+        tgt += [row["key"] for row in rows]
     nodes.append(node_row(NodeId(OUTPUT), "output", site="", label="output"))
-    return [str(n) for n in inputs] + tgt, [*tgt, OUTPUT], nodes
+    return src + tgt, [*tgt, OUTPUT], nodes
 
 
 def _channel_means(act: Tensor) -> list[float]:

@@ -17,6 +17,10 @@ site, in this order:
    replacement (None leaves it unchanged); either is checked for shape, dtype and device.
 4. stop: after `stop_after` has run, the forward pass ends there and `output` is None.
 
+A site in `bypass` is a module whose own computation is skipped: each call returns a copy of the
+given value (its hooks still see its input and that output). Where a module's output will be
+replaced anyway, this saves computing it (a conv's output in a patched conv-net run).
+
 Each other hooked site must run exactly once (`calls="once"`, the default): one that never runs
 or runs twice is an error, not a silent no-op or a mix of calls. Every run first checks the
 model and the inputs (`circuits.checks`): a module, not on the meta device, batch norm and
@@ -27,17 +31,19 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
+from circuits.adapters.torch_module import patched_forward
 from circuits.checks import check_inputs, check_model
 from circuits.errors import CircuitsError, InputError
 from circuits.hooks.attach import HookFn, attach, require_fired, require_once
 from circuits.inputs import describe
-from circuits.site import Site
+from circuits.site import Site, SiteRef
 
 Replacement = Tensor | HookFn
 Keep = Callable[[Tensor, Site], Tensor]
@@ -46,7 +52,13 @@ Keep = Callable[[Tensor, Site], Tensor]
 @dataclass
 class Ran:
     """What a run gives back: the output (None if stopped early), the recorded activations, each
-    hooked site as it was seen (axes and shape) and how often each site ran."""
+    hooked site as it was seen (axes and shape) and how often each site ran.
+
+    For example:
+
+        ran = run(model, tokens, record=["blocks.0.attn.hook_z"])
+        ran.fired["blocks.0.attn.hook_z"], ran.sites["blocks.0.attn.hook_z"].axes
+    """
 
     output: Any
     recorded: dict[str, Tensor] = field(default_factory=dict)
@@ -68,6 +80,7 @@ def run(
     forward: Callable[[], Any] | None = None,
     calls: Literal["once", "any"] = "once",
     tensors_only: bool = True,
+    bypass: Mapping[str, Tensor] | None = None,
 ) -> Ran:
     """Run `model(inputs)` once with activations recorded and replaced (module docstring).
 
@@ -78,11 +91,29 @@ def run(
     forward: runs the model instead of `model(inputs)` (a resumed pass over some blocks).
     calls: "once" checks that every hooked site ran exactly once; "any" leaves it to the caller
         (`fired` has the counts). tensors_only: a site carrying a non-tensor is a ModelError.
+    bypass: module output sites whose module is not run; each call returns a copy of the value.
+
+    For example:
+
+        ran = run(model, tokens, record=["blocks.0.attn.hook_z"],
+                  replace={"blocks.1.attn.hook_z": lambda z, site: z * 0})
+        ran.output, ran.recorded["blocks.0.attn.hook_z"]     # logits, [batch, pos, head, d_head]
+        run(model, tokens, record=["blocks.0.hook_resid_post"],
+            stop_after="blocks.0.hook_resid_post").output    # None: stopped after that site
+
+    Raises:
+        ModelError: `model` is not a module, or a site carries a non-tensor (`tensors_only`).
+        InputError: the inputs are not tensors, the forward pass fails on them, or a frozen site
+            runs more often than the run its values came from.
+        SiteNotFoundError: a name is not a site of the model.
+        SiteNotFiredError, SiteRepeatedError: with `calls="once"`, a site ran zero or several times.
+        ShapeMismatchError: a replacement's shape differs from the activation's.
     """
     check_model(model)
     check_inputs(inputs)
     replace = dict(replace or {})
-    once = list(dict.fromkeys([*record, *replace, *([stop_after] if stop_after else [])]))
+    bypass = dict(bypass or {})
+    once = list(dict.fromkeys([*record, *replace, *bypass, *([stop_after] if stop_after else [])]))
     held = {n: iter(v) for n, v in freeze.items()} if isinstance(freeze, Mapping) else {}
     names = list(dict.fromkeys([*once, *freeze]))
     wanted = set(record)
@@ -102,14 +133,18 @@ def run(
                 out = _hold(act, name, held.get(name))
                 ran.frozen[name].append(out)
             if new is not None:
-                out = new(act, site) if callable(new) else new
+                # a given tensor is copied where later in-place ops (out += x) could rewrite it
+                out = new(act, site) if callable(new) else new.clone() if shared[name] else new
             if name == stop_after:
                 raise _Stop
             return out
 
         return fn
 
-    with attach(model, {n: hook(n) for n in names}, tensors_only=tensors_only) as (fired, refs):
+    with (
+        attach(model, {n: hook(n) for n in names}, tensors_only=tensors_only) as (fired, refs),
+        _bypassed(refs, bypass),
+    ):
         shared = {ref.name: ref.shared for ref in refs}
         with torch.set_grad_enabled(grad):
             try:
@@ -125,10 +160,36 @@ def run(
     return ran
 
 
+@contextmanager
+def _bypassed(refs: Sequence[SiteRef], values: Mapping[str, Tensor]) -> Iterator[None]:
+    """Each bypassed site's module returns a copy of its value instead of running."""
+    with ExitStack() as stack:
+        for ref in refs:
+            if ref.name not in values:
+                continue
+            if ref.io != "output" or ref.hook_point:
+                raise InputError(
+                    f"bypass takes module outputs (a conv, a block); {ref.name!r} is a hook point "
+                    "or a module's input"
+                )
+            value = values[ref.name]
+            stack.enter_context(patched_forward(ref.module, lambda *_, v=value, **__: v.clone()))
+        yield
+
+
 def run_model(model: nn.Module, inputs: Any) -> Any:
     """Call the model on `inputs`; a failure of the forward pass itself becomes an InputError.
 
     A tuple is spread as positional arguments, a dict as keywords.
+
+    For example:
+
+        run_model(model, tokens)                        # model(tokens)
+        run_model(model, {"input_ids": ids})            # model(input_ids=ids)
+
+    Raises:
+        InputError: the forward pass raised RuntimeError, ValueError, IndexError, TypeError or
+            AssertionError (a wrong shape, dtype or token id); the message says what to check.
     """
     try:
         if isinstance(inputs, dict):

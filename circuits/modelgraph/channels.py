@@ -211,14 +211,11 @@ def patched_run(
     replaced by `outputs`. With `stop_at` (a conv), the pass ends once that conv's input is
     recorded, and the output is None: the rest of the model would cost time and change nothing."""
 
-    def put(value: Tensor) -> Any:
-        return lambda act, site: value.clone()  # in-place ops downstream must not reach `value`
-
     ins = {name: name + INPUT_SUFFIX for name in outputs}
     ran = run(
         model,
         inputs,
-        replace={name: put(value) for name, value in outputs.items()},
+        bypass=outputs,  # the convs' own outputs would be replaced: skip computing them
         record=list(ins.values()),
         stop_after=None if stop_at is None else ins[stop_at],
         calls="once" if stop_at is None else "any",
