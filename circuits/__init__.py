@@ -5,8 +5,26 @@
     with cc.hooks(model, {"layer1.0.conv1": lambda act, site: act * 0}):
         model(images)
 
-Importing has no side effects: no model is built, no file is read, nothing is downloaded.
+Importing has no side effects: no model is built, nothing is written or downloaded (the only
+read is the installed packages' metadata, to refuse a clash of names).
+
+The distribution is `circuits-mi` (``pip install circuits-mi``); ``pip install circuits`` is an
+unrelated project, an asynchronous event framework, that installs the same import name.
 """
+
+from importlib import metadata as _metadata
+
+if any(  # ours is circuits-mi, or (in an old checkout) "circuits" with our summary
+    not str(dist.metadata.get_all("Summary", [""])[0]).startswith("Mechanistic circuits analysis")
+    for dist in _metadata.distributions(name="circuits")
+):
+    raise ImportError(
+        "the distribution 'circuits' installed in this environment is an unrelated project (an "
+        "asynchronous event framework) whose import name is also `circuits`, so the two overwrite "
+        "each other's files; this package is circuits-mi. Fix: pip uninstall -y circuits "
+        "circuits-mi && pip install circuits-mi (or keep them in separate virtual environments)"
+    )
+del _metadata
 
 from circuits import metrics, toy, zoo
 from circuits.attribution import AttributionResult, attribute
@@ -17,6 +35,15 @@ from circuits.capture import (
     capture_to_disk,
     load_cache,
     sites,
+)
+from circuits.dictionaries import (
+    Dictionary,
+    DictionaryBasis,
+    DictionaryConfig,
+    evaluate_dictionary,
+    load_dictionary,
+    save_dictionary,
+    train_dictionary,
 )
 from circuits.discover import discover
 from circuits.errors import (
@@ -46,7 +73,7 @@ from circuits.graph import (
     save_html,
 )
 from circuits.hooks import hook_count, hooks
-from circuits.patching import Node, PatchingResult, heads, node, patch, path_patch
+from circuits.patching import Node, PatchingResult, heads, node, patch, path_patch, steer
 from circuits.probes import ProbeConfig, ProbeResult, fit_probe, plot_probe_sweep, probe_sweep
 from circuits.site import Site
 
@@ -57,6 +84,9 @@ __all__ = [
     "AttributionResult",
     "CircuitsError",
     "ConfigError",
+    "Dictionary",
+    "DictionaryBasis",
+    "DictionaryConfig",
     "DirectionBasis",
     "DiskCache",
     "FeatureBasis",
@@ -82,6 +112,7 @@ __all__ = [
     "capture",
     "capture_to_disk",
     "discover",
+    "evaluate_dictionary",
     "export_neuronpedia",
     "faithfulness",
     "fit_probe",
@@ -90,6 +121,7 @@ __all__ = [
     "hook_count",
     "hooks",
     "load_cache",
+    "load_dictionary",
     "load_graph",
     "metrics",
     "node",
@@ -99,9 +131,12 @@ __all__ = [
     "plot_probe_sweep",
     "probe_sweep",
     "prune",
+    "save_dictionary",
     "save_graph",
     "save_html",
     "sites",
+    "steer",
     "toy",
+    "train_dictionary",
     "zoo",
 ]

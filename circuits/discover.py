@@ -58,6 +58,24 @@ def discover(
     ablation: what an ablated edge carries, in scoring and in faithfulness alike ("patch" by
         default, "zero", "mean", "resample"; `circuits.capture.Baseline`). meta: provenance for
         g.graph (model description, seed, ...).
+
+    For example:
+
+        model = cc.zoo.induction_transformer()
+        clean, corrupt, batch = cc.zoo.induction_pair(8)
+        loss = cc.metrics.cross_entropy(clean, mask=batch.is_repeat)
+        circuit = cc.discover(model, clean, corrupt, loss)        # EAP-IG, smallest graph >= 0.8
+        circuit.graph["faithfulness"], circuit.number_of_edges()
+        acdc = cc.discover(model, clean, corrupt, None, method="acdc", threshold=0.05)
+
+    Raises:
+        ConfigError: both `target` and pruning options, a `target` outside (0, 1], "acdc" without a
+            threshold (or with target, top_k or influence), or an option `cc.attribute` refuses.
+        ModelError: the model is neither a TransformerLens model nor a conv net whose channel graph
+            can be traced.
+        InputError, ShapeMismatchError: clean and corrupted inputs that cannot be run or compared.
+        MetricError: the metric is not a finite scalar, or does not change between the clean and
+            the fully ablated run (faithfulness is undefined then).
     """
     if method == "acdc":
         if target is not None or top_k is not None or influence is not None or threshold is None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import InitVar, dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from jaxtyping import Float
@@ -36,7 +36,7 @@ from circuits.errors import ConfigError, InputError, ShapeMismatchError
 from circuits.options import warn_renamed
 from circuits.site import Site
 
-__all__ = ["DirectionBasis", "FeatureBasis", "UnitBasis"]
+__all__ = ["DirectionBasis", "FeatureBasis", "UnitBasis", "check_basis", "coordinates"]
 
 Which = int | Sequence[int] | Tensor | None
 
@@ -46,22 +46,40 @@ class FeatureBasis(Protocol):
     """The contract every feature basis keeps (module docstring)."""
 
     @property
-    def site(self) -> str | None: ...
-    @property
-    def dim(self) -> int: ...
-    @property
-    def d(self) -> int: ...
-    @property
-    def n_features(self) -> int: ...
-    @property
-    def labels(self) -> tuple[str, ...]: ...
+    def site(self) -> str | None:
+        """The site the basis lives at (None: not tied to one)."""
 
-    def encode(self, act: Tensor) -> Tensor: ...
-    def decode(self, coeffs: Tensor) -> Tensor: ...
+    @property
+    def dim(self) -> int:
+        """The activation axis the basis acts on (-1: d_model / d_mlp / d_head; 1: channels)."""
+
+    @property
+    def d(self) -> int:
+        """The size of that axis."""
+
+    @property
+    def n_features(self) -> int:
+        """The number of features k."""
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """One short name per feature (node labels in a graph)."""
+
+    def encode(self, act: Tensor) -> Tensor:
+        """Feature coefficients: axis `dim` of size d becomes one of size k (ShapeMismatchError
+        if it is not of size d)."""
+
+    def decode(self, coeffs: Tensor) -> Tensor:
+        """Activation-space vectors: axis `dim` of size k becomes one of size d."""
+
     def ablate(
         self, act: Tensor, which: Which = None, value: float | Tensor | None = None
-    ) -> Tensor: ...
-    def steer(self, act: Tensor, which: Which, alpha: float | Tensor) -> Tensor: ...
+    ) -> Tensor:
+        """`act` with the chosen features (all if None) set to 0 or `value`, moved as little as
+        possible."""
+
+    def steer(self, act: Tensor, which: Which, alpha: float | Tensor) -> Tensor:
+        """`act` plus `alpha` times the chosen features' decoder vectors."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -105,6 +123,7 @@ class UnitBasis:
 
     @property
     def n_features(self) -> int:
+        """The number of features: `d`, or the number of chosen `units`."""
         return self.d if self.units is None else len(self.units)
 
     def encode(self, act: Tensor) -> Tensor:
@@ -181,10 +200,12 @@ class DirectionBasis:
 
     @property
     def d(self) -> int:
+        """The size of the axis the directions live in."""
         return self.directions.shape[1]
 
     @property
     def n_features(self) -> int:
+        """The number of directions k."""
         return self.directions.shape[0]
 
     def encode(self, act: Tensor) -> Tensor:
@@ -233,6 +254,44 @@ class DirectionBasis:
             )
         vector = (shift[:, None] * u).sum(0) if shift.numel() > 1 else shift * u.sum(0)
         return (act.movedim(self.dim, -1) + vector).movedim(-1, self.dim)
+
+
+def check_basis(basis: Any, site: Any, what: str) -> str:
+    """The site of `basis`, a FeatureBasis with a site (agreeing with `site` if given), for the
+    operation `what` that reads it there.
+
+        check_basis(UnitBasis(4, dim=1, site="relu1"), None, "patch")      # "relu1"
+
+    Raises ConfigError when `basis` is not a feature basis, has no site, or lives at another
+    site than `site`.
+    """
+    if not isinstance(basis, FeatureBasis):
+        raise ConfigError(
+            "basis must be a feature basis (UnitBasis, DirectionBasis, a dictionary's "
+            f"as_basis()), got {type(basis).__name__}"
+        )
+    if not isinstance(basis.site, str) or not basis.site:
+        raise ConfigError(
+            f"{what} reads the basis at its site, and this basis has none; build it with one: "
+            "UnitBasis(..., site=...), DirectionBasis(..., site=...), dictionary.as_basis(site=...)"
+        )
+    if site is not None and site != basis.site:
+        raise ConfigError(
+            f"site={site!r} but the basis lives at {basis.site!r}; omit site= (the basis names it)"
+        )
+    return basis.site
+
+
+def coordinates(basis: FeatureBasis, act: Tensor) -> Tensor:
+    """`act` in feature coordinates: [coefficients, act - decode(coefficients)] along the basis
+    axis (k + d entries), so patching or ablating a coordinate moves one feature or the error.
+
+        p = coordinates(basis, act)          # [..., k + d, ...] along basis.dim
+
+    Raises ShapeMismatchError when `act` is not of size d along the basis axis.
+    """
+    coeffs = basis.encode(act)
+    return torch.cat([coeffs, act - basis.decode(coeffs)], dim=basis.dim)
 
 
 def _set_labels(

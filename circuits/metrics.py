@@ -52,6 +52,13 @@ class Metric:
 
     positions: the indices of the output's position axis the metric reads, or None for all of
     them (also for outputs without a position axis).
+
+    For example:
+
+        top = Metric(lambda logits: logits[:, -1].max(-1).values.mean(), name="top", positions=[-1])
+
+    Raises:
+        MetricError: `positions` is not None, an int or a non-empty list of ints.
     """
 
     def __init__(
@@ -74,7 +81,16 @@ class Metric:
 
 
 def metric_positions(metric: Callable[..., Any]) -> tuple[int, ...] | None:
-    """The positions `metric` declares it reads (its `positions` attribute), or None for all."""
+    """The positions `metric` declares it reads (its `positions` attribute), or None for all.
+
+    For example:
+
+        metric_positions(cc.metrics.logit_diff(3, 4))       # (-1,)
+        metric_positions(lambda logits: logits.sum())       # None: a plain function reads all
+
+    Raises:
+        MetricError: the declared positions are not None or a sequence of ints.
+    """
     return _check_positions(getattr(metric, "positions", None), getattr(metric, "name", "metric"))
 
 
@@ -84,6 +100,20 @@ def logit_diff(correct: Tokens, incorrect: Tokens, *, position: int | None = -1)
     correct, incorrect: one token id for every example, or one per example (`[batch]`).
     position: the position read (None: an output without a position axis, or the mean over all
     positions).
+
+    Shapes: the output is logits `[batch, pos, d_vocab]` (or `[batch, classes]` with position
+    None); the value is a 0-d tensor.
+
+    For example:
+
+        metric = cc.metrics.logit_diff(correct=[3, 5], incorrect=[4, 6], position=-1)
+        metric(model(tokens))                               # tensor(0.83)
+
+    Raises:
+        ConfigError: a token id list is empty, not integers or not one-dimensional, or `position`
+            is not an int or None (when the metric is built).
+        MetricError: the output is not `[batch, (pos,) d_vocab]` logits, the position or a token id
+            is out of range, or a per-example list does not match the batch (when it is called).
     """
     good, bad = _token_ids(correct, "correct"), _token_ids(incorrect, "incorrect")
 
@@ -95,7 +125,20 @@ def logit_diff(correct: Tokens, incorrect: Tokens, *, position: int | None = -1)
 
 
 def prob(token: Tokens, *, position: int | None = -1, log: bool = False) -> Metric:
-    """Mean over the batch of the probability (or log-probability) of `token` at `position`."""
+    """Mean over the batch of the probability (or log-probability) of `token` at `position`.
+
+    Shapes: as `logit_diff`: logits `[batch, pos, d_vocab]` in, a 0-d tensor out.
+
+    For example:
+
+        p = cc.metrics.prob(7, position=-1)                 # P(token 7) at the last position
+        logp = cc.metrics.prob(batch.answers, log=True)     # one token id per example
+
+    Raises:
+        ConfigError: `token` is not a token id or a `[batch]` list of ids, or `position` is not an
+            int or None.
+        MetricError: the output is not logits, or the position or a token id is out of range.
+    """
     ids = _token_ids(token, "token")
 
     def fn(logits: Tensor) -> Tensor:
@@ -112,6 +155,16 @@ def kl_div(reference: Float[Tensor, "batch *pos d_vocab"], *, position: int | No
     reference: the logits to compare with (usually the clean run's), either the whole
     `[batch, pos, d_vocab]` output or just `[batch, d_vocab]` at `position`. Zero when the output
     equals the reference; position None averages over every position.
+
+    For example:
+
+        clean_logits = model(clean)
+        metric = cc.metrics.kl_div(clean_logits, position=-1)
+        metric(model(corrupt))                              # >= 0; 0 for the clean run itself
+
+    Raises:
+        ConfigError: `reference` is not a `[batch, (pos,) d_vocab]` tensor.
+        MetricError: the output's shape at the read positions differs from the reference's.
     """
     if not isinstance(reference, Tensor) or reference.ndim not in (2, 3):
         raise ConfigError("kl_div's reference must be logits of shape [batch, (pos,) d_vocab]")
@@ -139,6 +192,17 @@ def cross_entropy(
     mask: which predicted tokens count (aligned with `tokens`; the first position is never
     predicted). None counts every token after the first, TransformerLens's return_type="loss".
     Declares as positions exactly those that predict a counted token.
+
+    For example:
+
+        clean, corrupt, batch = cc.zoo.induction_pair(8)
+        loss = cc.metrics.cross_entropy(clean, mask=batch.is_repeat)   # the repeated half only
+        loss(model(clean))                                             # tensor(0.85)
+
+    Raises:
+        ConfigError: `tokens` is not a `[batch, pos]` integer tensor, or `mask` has another shape or
+            selects no predicted token.
+        MetricError: the logits it is called on do not match `tokens` in batch and positions.
     """
     if not isinstance(tokens, Tensor) or tokens.ndim != 2 or tokens.is_floating_point():
         raise ConfigError("cross_entropy takes the token ids as a [batch, pos] integer tensor")
@@ -176,6 +240,16 @@ def normalised(
     """`(metric - corrupt_value) / (clean_value - corrupt_value)`: 0 at corrupt, 1 at clean.
 
     Keeps the positions `metric` declares. The two values must differ.
+
+    For example:
+
+        metric = cc.metrics.logit_diff(3, 4)
+        recovered = cc.metrics.normalised(metric, metric(model(clean)), metric(model(corrupt)))
+        cc.patch(model, clean, corrupt, recovered, site="blocks.{L}.attn.hook_z", unit="head")
+
+    Raises:
+        ConfigError: `metric` is not callable.
+        MetricError: `clean_value` equals `corrupt_value` (nothing to normalise by).
     """
     if not callable(metric):
         raise ConfigError(f"normalised takes a metric function, got {type(metric).__name__}")

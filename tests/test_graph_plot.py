@@ -130,7 +130,7 @@ def test_png_without_kaleido_is_a_clear_error(
         with pytest.raises(CircuitsError) as info:
             save_image(circuit(), tmp_path / f"c{suffix}")
         message = str(info.value)
-        assert "pip install circuits[export]" in message and "chromium" in message
+        assert "pip install circuits-mi[export]" in message and "chromium" in message
         assert suffix[1:].upper() in message
     assert list(tmp_path.iterdir()) == []
 

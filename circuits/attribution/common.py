@@ -8,9 +8,11 @@ forward pass serves several alphas at once, and hands back gradients already wei
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal, get_args
 
 import einops
@@ -18,15 +20,22 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from circuits.errors import ConfigError
+from circuits.capture import Baseline, ablated
+from circuits.errors import ConfigError, ShapeMismatchError
+from circuits.features import FeatureBasis, UnitBasis, coordinates
 from circuits.hooks import run
+from circuits.ids import NodeId, block_of, node_kind, node_row, unit_node
 from circuits.inputs import repeat, split
 from circuits.loops import chunks, progress_bar
 from circuits.metrics import MetricFn, differentiable, metric_value
+from circuits.site import Site
 
 Rule = Literal[
     "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"
 ]
+"""A quadrature rule for a path integral, by Captum's names (`IGPath` says where each places its
+points and how it weights them). "gausslegendre", the default, needs fewer steps than the Riemann
+rules for the same accuracy; Hanna et al.'s EAP-IG is "riemann_left"."""
 
 DEFAULT_MAX_BATCH = 256
 POINTS = ""  # the key of the gradient with respect to the path points themselves
@@ -127,6 +136,7 @@ def path_runs(
     max_batch: int,
     show: bool | None,
     desc: str,
+    to_site: Callable[[Tensor], Tensor] | None = None,
 ) -> Iterator[tuple[dict[str, Tensor], dict[str, Tensor], int]]:
     """Gradients along the path base -> source, several path points per forward pass.
 
@@ -134,6 +144,8 @@ def path_runs(
     model runs `context` (repeated k times) with that site replaced by the points; without, the
     points are the model's input. The metric of variant i is weighted by the rule's weight, so a
     gradient summed over the k variants (`fold`) is that chunk's share of the path integral.
+    to_site: what a point becomes at the site (`feature_act`: a path in a basis's coordinates);
+    the gradient at the points is then with respect to those coordinates.
     Yields (gradients: at the points (key POINTS) and at each site in `grads`; activations at
     the sites in `acts`; k).
     """
@@ -145,14 +157,16 @@ def path_runs(
             x = interpolate(base, source, [alphas[i] for i in part]).detach().requires_grad_(True)
             weighted = weighted_metric(metric, [weights[i] for i in part], batch)
             names = [n for n in dict.fromkeys([*grads, *acts]) if n != replace]
+            with torch.enable_grad():
+                at_site = x if to_site is None else to_site(x)
             if replace is None:
-                ran = run(model, x, record=names, grad=True)
+                ran = run(model, at_site, record=names, grad=True)
             else:
                 context_k = repeat(context, len(part))
-                ran = run(model, context_k, replace={replace: x}, record=names, grad=True)
+                ran = run(model, context_k, replace={replace: at_site}, record=names, grad=True)
             with torch.enable_grad():
                 value = weighted(ran.output)
-            recorded = {**ran.recorded, **({replace: x} if replace else {})}  # what ran there
+            recorded = {**ran.recorded, **({replace: at_site} if replace else {})}  # what ran
             wrt = [x, *(recorded[n] for n in grads)]
             found = torch.autograd.grad(differentiable(value), wrt, allow_unused=True)
             out = {
@@ -161,3 +175,80 @@ def path_runs(
             }
             yield out, {n: recorded[n].detach() for n in acts}, len(part)
             bar.update(len(part))
+
+
+# Feature bases. A site's activation in a basis's coordinates is p = [coefficients, error] laid
+# along the basis axis (size k + d): `feature_coords` and `feature_act` map between the two, so a
+# path or a difference in p moves each feature and the error term on their own, and a gradient
+# with respect to p is [J_decode^T g, g] (g: the gradient at the site).
+
+
+def feature_act(basis: FeatureBasis, p: Tensor) -> Tensor:
+    """The activation at feature coordinates p: decode(coefficients) + error."""
+    k = basis.n_features
+    return basis.decode(p.narrow(basis.dim, 0, k)) + p.narrow(basis.dim, k, basis.d)
+
+
+def fold_error(basis: FeatureBasis, t: Tensor) -> Tensor:
+    """A tensor in feature coordinates with its d error entries summed into one: k + 1 entries."""
+    k = basis.n_features
+    error = t.narrow(basis.dim, k, basis.d).sum(basis.dim, keepdim=True)
+    return torch.cat([t.narrow(basis.dim, 0, k), error], dim=basis.dim)
+
+
+def feature_site(basis: FeatureBasis, info: Site) -> Site:
+    """`info` with the basis axis renamed "feature", of size k + 1 (the features, then error)."""
+    n = len(info.axes)
+    dim = basis.dim % n if -n <= basis.dim < n else None
+    if dim is None or info.shape[dim] != basis.d:
+        raise ShapeMismatchError(
+            f"the basis acts on axis {basis.dim} of size {basis.d}, but site {info.name!r} has "
+            f"shape {info.shape} (axes {info.axes}); build the basis for this site (its d and "
+            "dim)"
+        )
+    axes, shape = list(info.axes), list(info.shape)
+    axes[dim], shape[dim] = "feature", basis.n_features + 1
+    return Site(info.name, tuple(axes), tuple(shape))
+
+
+def feature_values(
+    model: nn.Module, basis: FeatureBasis, baseline: Baseline, clean: Any, corrupt: Any, *,
+    batch: int, like: Mapping[str, Tensor], metric: MetricFn | None = None,
+) -> tuple[Tensor, float | None]:  # fmt: skip
+    """What the features and the error term take when patched or ablated, in feature coordinates
+    ([batch or 1, ...]), and the metric on the reference run when it is the corrupted run: the
+    baseline's values (`circuits.capture.ablated`) of `coordinates`, so "mean" is each
+    coefficient's mean and "zero" sets coefficients and error to zero."""
+    site = str(basis.site)
+    values, value = ablated(model, [site], baseline, clean, corrupt, batch=batch, metric=metric,
+                            like=like, transform=partial(coordinates, basis))  # fmt: skip
+    return values[site], value
+
+
+def feature_node(
+    basis: FeatureBasis, site: str, axes: Sequence[str], index: Sequence[int], *, kind: str,
+    activation: float = math.nan,
+) -> dict[str, Any]:  # fmt: skip
+    """The graph node of one feature of `basis` at `site` (`index` along `axes`, one of them
+    "feature"; index n_features is the error term), placed by its other axes (pos, h, w):
+    `site[i]@pos` (a unit basis keeps its units' indices) or `site[error]@pos`."""
+    where = dict(zip(axes, (int(i) for i in index), strict=True))
+    f = where.pop("feature")
+    rest, at = list(where), list(where.values())
+    if f == basis.n_features:
+        place = NodeId.parse(unit_node(site, rest, at)["key"])
+        node = dataclasses.replace(place, error=True)
+        label = f"{site} error" + str(node).removeprefix(site).removeprefix("[error]")
+        return node_row(node, "error", layer=block_of(site), activation=activation, label=label)
+    units = basis.units if isinstance(basis, UnitBasis) and basis.units else None
+    row = unit_node(site, ["feature", *rest], [units[f] if units else f, *at],
+                    activation=activation)  # fmt: skip
+    where_at = row["key"].partition("@")[2]
+    row.update(kind=kind, label=basis.labels[f] + (f"@{where_at}" if where_at else ""))
+    return row
+
+
+def feature_kind(basis: FeatureBasis, site: str, axis: str | None) -> str:
+    """The node kind of a basis's features at `site` (its axis named `axis`): a unit basis's
+    units keep theirs (a channel, a neuron), any other basis's are features."""
+    return node_kind(site, axis) if isinstance(basis, UnitBasis) else "feature"

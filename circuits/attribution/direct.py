@@ -12,12 +12,16 @@ feature i on target feature j is the part of J_j . s carried by feature i's deco
     DE[i, j] = < J_j , decode(coefficients of feature i only) >      (summed over batch, positions)
 
 plus an error row < J_j , s - decode(encode(s)) > (what the basis does not explain), and `rest_j`
-(everything not coming from the source site: embeddings along other paths, biases, frozen MLPs).
-The three add up to t_j exactly in an affine model; `completeness_gap` measures it with a second,
-real run where the source is zeroed, so a nonlinearity left unfrozen shows up as a gap.
+(everything not coming from the source's features or error: embeddings along other paths, biases,
+frozen MLPs, and the source basis's own offset decode(0), a dictionary's b_dec). The three add up
+to t_j exactly in an affine model; `completeness_gap` measures it with a second, real run where
+the source is set to decode(0) (zero for unit and direction bases), so a nonlinearity left
+unfrozen shows up as a gap.
 
 A target feature's activation is its coefficient summed over every other axis (batch, positions,
-or only `target_pos`); a source feature's effect sums over all its positions.
+or only `target_pos`); a source feature's effect sums over all its positions. The target basis's
+encoder is linearised at the clean run like every other nonlinearity (a dictionary's ReLU, TopK or
+JumpReLU gates held where they are): exact for unit and direction bases, whose encode is linear.
 """
 
 from __future__ import annotations
@@ -33,12 +37,13 @@ from torch import Tensor, nn
 from circuits.adapters.transformer_lens import hook_axes, hook_table, is_transformer_lens
 from circuits.capture import Index, select
 from circuits.errors import ConfigError
-from circuits.features import FeatureBasis, UnitBasis
+from circuits.features import FeatureBasis
 from circuits.hooks import run
-from circuits.ids import NodeId, block_of, node_row
+from circuits.ids import NodeId, node_row
 from circuits.loops import progress_bar
 from circuits.site import Site
 
+from .common import feature_kind, feature_node
 from .methods import DirectEffects
 from .result import AttributionResult
 
@@ -113,7 +118,9 @@ def _direct_effects(
             scores[:k_s, j] = _per_feature(coeffs * back, src_basis.dim, k_s)
             scores[k_s, j] = (grad * error).sum()
             bar.update(1)
-    rest = _rest(model, inputs, ran.frozen, src_site, tgt_site, tgt_basis, target_pos)
+    offset = src_basis.decode(torch.zeros_like(coeffs))  # every feature off, no error
+    rest = _rest(model, inputs, ran.frozen, src_site, offset, tgt_site, tgt_basis, target_pos,
+                 at=ran.recorded[tgt_site].detach())  # fmt: skip
     src_rows, src_keys = _feature_nodes(
         src_basis, src_site, s, _per_feature(coeffs, src_basis.dim, k_s)
     )
@@ -191,21 +198,31 @@ def _frozen(model: nn.Module, freeze: Sequence[str] | None) -> list[str]:
 
 
 def _rest(
-    model: nn.Module, inputs: Any, held: dict[str, list[Tensor]], src_site: str, tgt_site: str,
-    basis: FeatureBasis, target_pos: Index | None,
+    model: nn.Module, inputs: Any, held: dict[str, list[Tensor]], src_site: str, offset: Tensor,
+    tgt_site: str, basis: FeatureBasis, target_pos: Index | None, *, at: Tensor,
 ) -> Tensor:  # fmt: skip
-    """Target activations of the linearised model with the source set to zero (a real run)."""
-    zero = {src_site: lambda a, s: torch.zeros_like(a)}
-    ran = run(model, inputs, freeze=held, replace=zero, record=[tgt_site])
-    return _activation(basis, ran.recorded[tgt_site], ran.sites[tgt_site], target_pos)
+    """Target activations of the linearised model (its encoder linearised at `at`, the clean
+    target) with the source set to `offset`, the basis's decode(0) (a real run)."""
+    ran = run(model, inputs, freeze=held, replace={src_site: offset}, record=[tgt_site])
+    return _activation(basis, ran.recorded[tgt_site], ran.sites[tgt_site], target_pos, at=at)
 
 
-def _activation(basis: FeatureBasis, act: Tensor, site: Site, target_pos: Index | None) -> Tensor:
-    """[k]: each feature's coefficient summed over every other axis (chosen positions only)."""
+def _activation(
+    basis: FeatureBasis, act: Tensor, site: Site, target_pos: Index | None, *,
+    at: Tensor | None = None,
+) -> Tensor:  # fmt: skip
+    """[k]: each feature's coefficient summed over every other axis (chosen positions only);
+    with `at`, of the encoder linearised there: encode(at) + J_encode(at) (act - at)."""
     if target_pos is not None:
         site.axis("pos")  # InputError if the target has no position axis
         act = select(act, site, target_pos, None)
-    return _per_feature(basis.encode(act), basis.dim, basis.n_features)
+        at = None if at is None else select(at, site, target_pos, None)
+    if at is None:
+        coeffs = basis.encode(act)
+    else:
+        value_slope = torch.func.jvp(basis.encode, (at,), (act - at,))
+        coeffs = value_slope[0] + value_slope[1]
+    return _per_feature(coeffs, basis.dim, basis.n_features)
 
 
 def _per_feature(t: Tensor, dim: int, k: int) -> Tensor:
@@ -226,19 +243,13 @@ def _basis(basis: Any, role: str) -> tuple[FeatureBasis, str]:
 def _feature_nodes(
     basis: FeatureBasis, site: str, act: Tensor, activation: Tensor
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Node rows and keys of a basis's features; units keep their index and kind."""
-    kind, units = "feature", list(range(basis.n_features))
-    if isinstance(basis, UnitBasis):
-        axis = _axis_name(site, act, basis.dim)
-        kind = {"head": "head", "channel": "channel", "d_mlp": "neuron"}.get(axis, "feature")
-        units = list(basis.units) if basis.units is not None else units
-    rows, keys = [], []
-    for i, unit in enumerate(units):
-        node = NodeId(site, unit)
-        rows.append(node_row(node, kind, layer=block_of(site), label=basis.labels[i],
-                             activation=float(activation[i])))  # fmt: skip
-        keys.append(str(node))
-    return rows, keys
+    """Node rows and keys of a basis's features (`feature_node`); units keep index and kind."""
+    kind = feature_kind(basis, site, _axis_name(site, act, basis.dim))
+    rows = [
+        feature_node(basis, site, ["feature"], [i], kind=kind, activation=float(activation[i]))
+        for i in range(basis.n_features)
+    ]
+    return rows, [row["key"] for row in rows]
 
 
 def _axis_name(site: str, act: Tensor, dim: int) -> str:

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal
 from circuits.capture import Baseline
 from circuits.checks import check_int
 from circuits.errors import ConfigError
-from circuits.features import FeatureBasis
+from circuits.features import FeatureBasis, check_basis
 from circuits.options import Direction, check_choice
 from circuits.units import UnitSpec
 
@@ -31,7 +31,11 @@ Method = Literal[
     "edge_patching",
     "direct_effects",
 ]
+"""The name of an attribution method, as `attribute(..., method=...)` takes it; each names one
+config class here (`METHODS`): `attribute(..., method="eap-ig")` is `method=EAPIG()`."""
 EdgeMethod = Literal["eap", "eap-ig", "edge_patching"]
+"""The methods that score every edge of the model's graph ([source, target] results), as
+`edge_attribution(..., method=...)` takes them."""
 
 
 def check_direction(direction: Direction, baseline: Baseline) -> None:
@@ -56,16 +60,25 @@ class AttributionPatching(Baseline):
     direction: "noise" (run clean, gradient at clean, ablated - clean) or "denoise".
     ablation, reference, seed: what a unit's patched value is (`circuits.capture.Baseline`:
         "patch" the corrupted run's value, "zero", "mean", "resample").
+    basis: score each feature of a feature basis at its site (UnitBasis, DirectionBasis, a
+        dictionary's latents) and its error term (act - decode(encode(act))) as one more node:
+        (patched - current coefficient) . the gradient pulled back through decode; "zero" sets
+        coefficients and error to 0, "mean" is each coefficient's mean. The scores (axis
+        "feature": the features, then "error") add up to the site's. unit then names further
+        axes to keep ("pos": each feature at each position).
     """
 
     name: ClassVar[str] = "attribution_patching"
     site: str | Sequence[str] | None = None
     unit: UnitSpec = None
     direction: Direction = "noise"
+    basis: FeatureBasis | None = None
 
     def __post_init__(self) -> None:
         Baseline.__post_init__(self)
         check_direction(self.direction, self)
+        if self.basis is not None:
+            check_basis(self.basis, _one(self.site), self.name)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,15 +112,22 @@ class IntegratedGradients(PathOptions, Baseline):
     unit: as for attribution patching; None sums everything, "all" keeps Captum's shape.
     steps (32), rule, max_batch, progress: `PathOptions`. ablation, reference, seed: the
         baseline (`circuits.capture.Baseline`; default the corrupted input, zeros without one).
+    basis: integrate over a feature basis's coefficients and its error term instead (the path
+        is straight in those coordinates; as for attribution patching, the baseline's
+        coefficients and error are the reference's, zeros without one), so the features plus
+        the error node add up to m(clean) - m(baseline).
     """
 
     name: ClassVar[str] = "integrated_gradients"
     site: str | None = None
     unit: UnitSpec = None
+    basis: FeatureBasis | None = None
 
     def __post_init__(self) -> None:
         PathOptions.__post_init__(self)
         Baseline.__post_init__(self)
+        if self.basis is not None:
+            check_basis(self.basis, _one(self.site), self.name)
         if self.site is not None and not isinstance(self.site, str):
             raise ConfigError(
                 "integrated_gradients attributes one site at a time (completeness holds per "
@@ -182,7 +202,9 @@ class DirectEffects:
     metric are None).
 
     source, target: feature bases whose `site` names where they live (UnitBasis, DirectionBasis,
-        e.g. a probe's directions); the target must lie after the source.
+        e.g. a probe's directions, a dictionary's latents); the target must lie after the
+        source. A source's offset decode(0) (a dictionary's b_dec) counts in `rest`; a target's
+        encoder is linearised at the clean run (`circuits.attribution.direct`).
     target_pos: positions of the target read (None: all).
     freeze: sites held at their clean values; None: a TransformerLens model's hook_q, hook_k,
         hook_scale and mlp.hook_post everywhere. Other models must name them.
@@ -201,9 +223,19 @@ class DirectEffects:
             raise ConfigError("direct_effects needs source=... and target=... feature bases")
 
 
+def _one(site: Any) -> str | None:
+    """A site a basis method was given: one name, or None (the basis names it)."""
+    if site is None or isinstance(site, str):
+        return site
+    raise ConfigError(f"with basis=, the site is the basis's; got site={site!r}: omit site=")
+
+
 MethodConfig = (
     AttributionPatching | IntegratedGradients | EAP | EAPIG | EdgePatching | DirectEffects
 )
+"""Any method's config: what `attribute(..., method=...)` takes in place of a name, with its
+options set (`EAPIG(steps=10, rule="riemann_left")`); keyword options given to `attribute` then
+replace its fields."""
 METHODS: dict[str, type] = {
     cls.name: cls
     for cls in (AttributionPatching, IntegratedGradients, EAP, EAPIG, EdgePatching, DirectEffects)

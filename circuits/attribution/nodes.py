@@ -24,6 +24,8 @@ the whole site, "all" every element. Options: `circuits.attribution.methods`.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -32,8 +34,9 @@ from torch import Tensor, nn
 
 from circuits.adapters.torch_module import generic_axes
 from circuits.adapters.transformer_lens import is_transformer_lens
-from circuits.capture import ablated, ablated_input, capture
+from circuits.capture import Baseline, ablated, ablated_input, capture
 from circuits.errors import ConfigError, InputError, ShapeMismatchError
+from circuits.features import FeatureBasis
 from circuits.hooks import run
 from circuits.ids import metric_node, unit_node
 from circuits.inputs import batch_size
@@ -42,7 +45,21 @@ from circuits.options import runs
 from circuits.site import Site, expand_sites
 from circuits.units import UnitSpec, parse_unit
 
-from .common import DEFAULT_MAX_BATCH, POINTS, fold, path_runs, reduce_to, stack_padded
+from .common import (
+    DEFAULT_MAX_BATCH,
+    POINTS,
+    coordinates,
+    feature_act,
+    feature_kind,
+    feature_node,
+    feature_site,
+    feature_values,
+    fold,
+    fold_error,
+    path_runs,
+    reduce_to,
+    stack_padded,
+)
 from .methods import AttributionPatching, IntegratedGradients
 from .result import AttributionResult
 
@@ -52,8 +69,10 @@ INPUT = "input"
 def score_units(
     model: nn.Module, clean: Any, corrupt: Any, metric: MetricFn, cfg: AttributionPatching
 ) -> AttributionResult:
-    """Attribution patching of every unit of `cfg.site`; scores with axes (["layer" | "site"],
-    *unit) on the model's device."""
+    """Attribution patching of every unit of `cfg.site` (or feature of `cfg.basis`); scores with
+    axes (["layer" | "site"], *unit) on the model's device."""
+    if cfg.basis is not None:
+        return _score_features(model, clean, corrupt, metric, cfg)
     direction = cfg.direction
     base, source = runs(direction, clean, corrupt)
     site = _default_site(model, clean, cfg.site)
@@ -99,14 +118,50 @@ def score_units(
     )  # fmt: skip
 
 
+def _score_features(
+    model: nn.Module, clean: Any, corrupt: Any, metric: MetricFn, cfg: AttributionPatching
+) -> AttributionResult:
+    """Attribution patching of each feature of `cfg.basis` and of its error term, in feature
+    coordinates p (`coordinates`): (p_source - p) . [J_decode^T g, g] at the base run."""
+    basis = cfg.basis
+    assert basis is not None  # the caller checked
+    name = str(basis.site)  # checked with the config
+    base, source = runs(cfg.direction, clean, corrupt)
+    ran = capture(model, base, sites=[name], grads=True, metric=metric)
+    info, kind = feature_site(basis, ran.sites[name]), _kind(basis, ran.sites[name])
+    reference = cfg if cfg.direction == "noise" else Baseline(ablation="patch")
+    p_source, source_value = feature_values(
+        model, basis, reference, base, source, batch=batch_size(base), like=ran, metric=metric
+    )
+    p = coordinates(basis, ran[name])
+    (grad,) = torch.func.vjp(partial(feature_act, basis), p)[1](ran.grads[name])
+    clean_value, corrupt_value = runs(cfg.direction, float(ran.metric or 0.0), source_value)
+    return _node_result(
+        [name], None, {name: info}, _with_feature(cfg.unit),
+        {name: fold_error(basis, (p_source - p) * grad)}, {name: fold_error(basis, p**2).sqrt()},
+        basis=basis, kind=kind, method="attribution_patching", metric=metric_name(metric),
+        direction=cfg.direction, clean_value=clean_value, corrupt_value=corrupt_value,
+    )  # fmt: skip
+
+
 def score_ig(
     model: nn.Module, clean: Any, corrupt: Any | None, metric: MetricFn, cfg: IntegratedGradients
 ) -> AttributionResult:
-    """Integrated gradients on the input or one site; scores sum to `expected` = m(clean) -
-    m(baseline) up to `completeness_gap`."""
+    """Integrated gradients on the input, one site, or one basis's features and error term;
+    scores sum to `expected` = m(clean) - m(baseline) up to `completeness_gap`.
+
+    With a basis the path runs in feature coordinates (`coordinates`): every coefficient and
+    the error term move on a straight line from their baseline values, which is the site's own
+    straight path when decode is affine (every basis here), so the feature and error scores add
+    up to the site's integrated gradients.
+    """
     rows = cfg.max_batch or DEFAULT_MAX_BATCH
-    name = _default_site(model, clean, cfg.site)
+    basis = cfg.basis
+    name = _default_site(model, clean, cfg.site if basis is None else basis.site)
     zeros = cfg.ablation is None and corrupt is None  # Captum's default baseline
+    reference = Baseline(ablation="zero") if zeros else cfg
+    to_site: Callable[[Tensor], Tensor] = lambda x: x  # noqa: E731
+    kind = "feature"
     if name is None:
         act = _float_input(clean)
         if zeros:
@@ -120,25 +175,33 @@ def score_ig(
     else:
         clean_run = capture(model, clean, sites=[name], metric=metric)
         act, info, clean_value = clean_run[name], clean_run.sites[name], clean_run.metric or 0.0
-        baseline = torch.zeros_like(act)
-        if not zeros:
-            values, _ = ablated(model, [name], cfg, clean, corrupt, batch=batch_size(clean),
-                                like=clean_run)  # fmt: skip
+        if basis is None:
+            values, _ = ablated(model, [name], reference, clean, corrupt,
+                                batch=batch_size(clean), like=clean_run)  # fmt: skip
             baseline = values[name].expand_as(act)
-        at_base = run(model, clean, replace={name: baseline}).output
+        else:
+            kind = _kind(basis, info)
+            info, act = feature_site(basis, info), coordinates(basis, act)
+            values_p, _ = feature_values(model, basis, reference, clean, corrupt,
+                                         batch=batch_size(clean), like=clean_run)  # fmt: skip
+            baseline, to_site = values_p.expand_as(act), partial(feature_act, basis)
+        at_base = run(model, clean, replace={name: to_site(baseline)}).output
         base_value = float(metric_value(metric, at_base))
     total = torch.zeros_like(act)
     for grads, _, k in path_runs(
         model, clean, replace=name, base=baseline, source=act, path=cfg.path, metric=metric,
-        max_batch=rows, show=cfg.progress, desc="integrated gradients",
+        max_batch=rows, show=cfg.progress, desc="integrated gradients", to_site=to_site,
     ):  # fmt: skip
         total += fold(grads[POINTS], k)
-    elementwise = (act - baseline) * total
+    elementwise, strength = (act - baseline) * total, act
+    if basis is not None:
+        elementwise, strength = fold_error(basis, elementwise), fold_error(basis, act**2).sqrt()
     patched = corrupt is not None and cfg.ablation in (None, "patch")
     corrupt_value = base_value if patched and name is None else None
     key = INPUT if name is None else name
     return _node_result(
-        [key], None, {key: info}, cfg.unit, {key: elementwise}, {key: act},
+        [key], None, {key: info}, cfg.unit if basis is None else _with_feature(cfg.unit),
+        {key: elementwise}, {key: strength}, basis=basis, kind=kind,
         method="integrated_gradients", metric=metric_name(metric), direction="",
         clean_value=clean_value, corrupt_value=corrupt_value,
         total=elementwise.sum().reshape(1),
@@ -153,9 +216,13 @@ def _node_result(
     unit: UnitSpec,
     elementwise: dict[str, Tensor],
     acts: dict[str, Tensor],
+    *,
+    basis: FeatureBasis | None = None,
+    kind: str = "feature",
     **meta: Any,
 ) -> AttributionResult:
-    """Reduce elementwise scores to units, stack sites, and describe every unit as a node."""
+    """Reduce elementwise scores to units, stack sites, and describe every unit as a node (a
+    basis's features and error term as feature nodes: `feature_node`)."""
     axes, _ = parse_unit(unit, infos[names[0]])
     parts, strengths, chosen = [], [], []
     for name in names:
@@ -174,7 +241,12 @@ def _node_result(
         for s, (name, strength, coords) in enumerate(zip(names, strengths, chosen, strict=True)):
             for index in itertools.product(*(range(n) for n in strength.shape)):
                 units = tuple(c[i] for c, i in zip(coords, index, strict=True))
-                row = unit_node(name, axes, units, activation=float(strength[index]))
+                activation = float(strength[index])
+                row = (
+                    unit_node(name, axes, units, activation=activation)
+                    if basis is None
+                    else feature_node(basis, name, axes, units, kind=kind, activation=activation)
+                )
                 full = ((s,) if lead else ()) + index
                 row["_index"] = int(np.ravel_multi_index(full, tuple(scores.shape))) if full else 0
                 rows.append(row)
@@ -189,6 +261,24 @@ def _node_result(
     out.update({a: tuple(c) for a, c in zip(axes, longest, strict=True)})
     all_axes = ((lead,) if lead else ()) + axes
     return AttributionResult(scores=scores, axes=all_axes, coords=out, node_table=node_rows, **meta)
+
+
+def _with_feature(unit: UnitSpec) -> UnitSpec:
+    """A unit over a basis spans its "feature" axis and the axes named (None: features alone;
+    "pos": each feature at each position; {"pos": [-1]}: at the last only)."""
+    if unit is None or unit == "all":
+        return ("feature",) if unit is None else unit
+    if isinstance(unit, str):
+        unit = (unit,)
+    if isinstance(unit, Mapping):
+        return unit if "feature" in unit else {"feature": None, **unit}
+    return tuple(unit) if "feature" in unit else ("feature", *unit)
+
+
+def _kind(basis: FeatureBasis, info: Site) -> str:
+    """The node kind of the basis's features at the site `info` (before `feature_site`)."""
+    axis = info.axes[basis.dim] if -len(info.axes) <= basis.dim < len(info.axes) else None
+    return feature_kind(basis, info.name, axis)
 
 
 def _pick(t: Tensor, coords: list[list[int]]) -> Tensor:

@@ -17,7 +17,7 @@ and returns the values, so no caller picks the reference run by itself.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +35,17 @@ from circuits.options import Ablation, check_choice
 class Baseline:
     """What an ablated unit or edge carries: `ablation` (None: "patch" when corrupted inputs are
     given), `reference` inputs for "mean" and "resample" (default: the corrupted batch), `seed`
-    for "resample"."""
+    for "resample".
+
+    For example:
+
+        Baseline(ablation="mean", reference=other_tokens)    # the mean over a batch of your own
+        Baseline(ablation="resample", seed=3)                # permutes the corrupted batch
+
+    Raises:
+        ConfigError: an unknown ablation, a negative seed, or `reference` with an ablation other
+            than "mean" or "resample".
+    """
 
     ablation: Ablation | None = None
     reference: Any = None
@@ -78,24 +88,49 @@ def ablated(
     batch: int,
     metric: Any = None,
     like: Mapping[str, Tensor] | None = None,
+    transform: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[dict[str, Tensor], float | None]:
     """Per site, the values ablated units take ([batch or 1, ...]; a 1 broadcasts), and the
     metric on the reference run when it is the corrupted run of "patch" (else None).
 
     Runs the one reference run the baseline names (module docstring); "zero" runs nothing when
-    `like` (the clean run's activations at the sites) gives the shapes.
+    `like` (the clean run's activations at the sites) gives the shapes. `transform` maps each
+    site's activations before they are reduced (a feature basis's coordinates, so "mean" is each
+    coefficient's mean).
+
+    For example:
+
+        values, corrupt_metric = ablated(model, ["blocks.0.attn.hook_z"], Baseline(), clean,
+                                         corrupt, batch=clean.shape[0], metric=metric)
+        values["blocks.0.attn.hook_z"].shape                 # [batch or 1, pos, head, d_head]
+
+    Raises:
+        ConfigError: the baseline needs corrupted inputs and `corrupt` is None.
+        ShapeMismatchError: `reference` holds inputs of another shape than `clean`.
+        SiteNotFoundError, SiteNotFiredError: from the reference run (see `capture`).
     """
     ablation, inputs, exclude_self = _reference(baseline, clean, corrupt)
+    change = transform or (lambda act: act)
     if ablation == "zero" and like is not None:
-        return ablation_values({s: like[s] for s in sites}, "zero", batch=batch), None
+        return ablation_values({s: change(like[s]) for s in sites}, "zero", batch=batch), None
     ref = capture(model, inputs, sites=list(sites), metric=metric if ablation == "patch" else None)
-    values = ablation_values(ref, ablation, batch=batch, seed=baseline.seed,
+    acts = {s: change(ref[s]) for s in sites}
+    values = ablation_values(acts, ablation, batch=batch, seed=baseline.seed,
                              exclude_self=exclude_self)  # fmt: skip
     return values, (float(ref.metric) if ref.metric is not None else None)
 
 
 def ablated_input(baseline: Baseline, clean: Tensor, corrupt: Tensor | None) -> Tensor:
-    """The model input itself ablated ([batch or 1, ...]): for attribution to a float input."""
+    """The model input itself ablated ([batch or 1, ...]): for attribution to a float input.
+
+    For example:
+
+        baseline_images = ablated_input(Baseline(ablation="zero"), images, None)   # zeros [1, ...]
+
+    Raises:
+        ConfigError: the baseline needs corrupted inputs and `corrupt` is None.
+        ShapeMismatchError: `reference` holds inputs of another shape than `clean`.
+    """
     ablation, inputs, exclude_self = _reference(baseline, clean, corrupt)
     values = ablation_values({"input": inputs}, ablation, batch=clean.shape[0],
                              seed=baseline.seed, exclude_self=exclude_self)  # fmt: skip
@@ -144,6 +179,15 @@ def ablation_values(
     exclude_self: for "resample" from the run itself, never draw an example's own value (so
     the reference needs two examples or more: with one, resampling would patch each example
     with itself and measure nothing).
+
+    For example:
+
+        ref = cc.capture(model, corrupt, sites=["blocks.0.hook_resid_pre"])
+        ablation_values(ref, "mean", batch=8)["blocks.0.hook_resid_pre"].shape   # [1, pos, d_model]
+
+    Raises:
+        ShapeMismatchError: "patch" with a reference batch of another size than `batch`.
+        InputError: "resample" from the clean batch itself when it holds a single example.
     """
     out = {}
     for name, acts in reference.items():

@@ -24,6 +24,9 @@ from circuits.site import INPUT_SUFFIX, Site, default_site_names, resolve
 from circuits.units import indices
 
 Index = int | slice | Sequence[int] | Tensor
+"""Which entries of one axis to keep: an int, a slice, a list of ints or an integer
+tensor (negative indices count from the end).
+"""
 
 
 def capture(
@@ -52,6 +55,27 @@ def capture(
     replace: interventions during the pass, as for `circuits.hooks.run` (a captured site is
         recorded as it arrives, before its own replacement).
     Inputs are passed as `model(inputs)`; a tuple is spread as arguments, a dict as keywords.
+
+    Shapes: each stored tensor has its site's axes (`cache.sites[name].axes`), e.g. `[batch, pos,
+    head, d_head]` at `blocks.0.attn.hook_z` or `[batch, channel, h, w]` at a conv layer, with the
+    "pos" (or "h", "w") axis cut to `positions` (`spatial`) when given; `cache.grads[name]` has the
+    same shape.
+
+    For example:
+
+        cache = cc.capture(model, tokens, sites=["blocks.0.attn.hook_z"], positions=-1)
+        cache["blocks.0.attn.hook_z"].shape          # (batch, 1, n_heads, d_head)
+        cache = cc.capture(cnn, images, sites="relu2", grads=True,
+                           metric=lambda out: out[:, 0].sum())
+
+    Raises:
+        SiteNotFoundError: a name is not a site of the model (the message lists the closest ones).
+        SiteNotFiredError: a named site never ran during the pass.
+        SiteRepeatedError: a named site ran more than once (capture it per call with `cc.hooks`).
+        ConfigError: `sites` is empty or names a site twice, `grads=True` without `metric`, or
+            `spatial` is not an (h, w) pair.
+        InputError: `positions` or `spatial` is out of range or picks nothing.
+        MetricError: the metric is not a finite scalar tensor, or has no gradient with `grads=True`.
     """
     names = site_list(model, sites)
     if grads and metric is None:
@@ -100,6 +124,19 @@ def sites(model: nn.Module, example_input: Any, *, inputs: bool = False) -> pd.D
     TransformerLens models list their hook points; other modules list every submodule's output,
     and with `inputs=True` also each module's input (`name:input`). `calls` counts how often the
     site ran in the pass: 0 means it exists but never fires (it cannot be captured as is).
+
+    Returns a pandas DataFrame with one row per site: `site`, `axes` (space-separated names),
+    `shape`, `calls`, `module` (its class name) and `note` (why a non-tensor site cannot be read).
+
+    For example:
+
+        cc.sites(cnn, images)                               # conv net: every submodule's output
+        cc.sites(cnn, images, inputs=True)                  # ... and every "name:input"
+        cc.sites(model, tokens).query("axes.str.contains('head')", engine="python")
+
+    Raises:
+        ModelError: `model` is not a `torch.nn.Module`.
+        InputError: the forward pass fails on `example_input` (the message says what to check).
     """
     names = default_site_names(model)
     if inputs and not is_transformer_lens(model):
@@ -130,7 +167,16 @@ def sites(model: nn.Module, example_input: Any, *, inputs: bool = False) -> pd.D
 
 
 def site_list(model: nn.Module, sites: str | Sequence[str] | None) -> list[str]:
-    """Normalise the `sites` argument to a list of names (None: the model's default sites)."""
+    """Normalise the `sites` argument to a list of names (None: the model's default sites).
+
+    For example:
+
+        site_list(model, "relu2")            # ["relu2"]
+        site_list(model, None)               # every default site of the model
+
+    Raises:
+        ConfigError: `sites` is empty or names a site twice.
+    """
     if sites is None:
         return default_site_names(model)
     names = [sites] if isinstance(sites, str) else list(sites)
@@ -142,7 +188,20 @@ def site_list(model: nn.Module, sites: str | Sequence[str] | None) -> list[str]:
 
 
 def select(act: Tensor, site: Site, positions: Index | None, spatial: Any) -> Tensor:
-    """Keep the chosen positions ("pos" axis) and spatial window ("h", "w" axes) of `act`."""
+    """Keep the chosen positions ("pos" axis) and spatial window ("h", "w" axes) of `act`.
+
+    `act` has the axes `site.axes`; the "pos", "h" and "w" axes are kept (length 1 for an int),
+    so the result has the same rank.
+
+    For example:
+
+        select(act, site, positions=-1, spatial=None)        # [batch, pos, ...] -> [batch, 1, ...]
+        select(act, site, None, spatial=(slice(2, 4), 3))    # [b, c, h, w] -> [b, c, 2, 1]
+
+    Raises:
+        ConfigError: `spatial` is not an (h_index, w_index) pair.
+        InputError: an index is out of range or picks nothing.
+    """
     index: list[Any] = [slice(None)] * act.ndim
     wanted = {"pos": positions}
     if spatial is not None:

@@ -58,6 +58,22 @@ def capture_to_disk(
     inputs: a tensor split into batches of `batch_size` along dim 0, or any iterable of batches
     (a DataLoader of inputs, say). Other keywords (grads, metric, positions, spatial, dtype, ...)
     go to `cc.capture` for each batch.
+
+    Shapes: `cache[site]` is `[total rows, ...]`, the site's axes with every batch concatenated;
+    each shard holds one batch. The folder's files are described in the docs' "Disk cache" page.
+
+    For example:
+
+        disk = cc.capture_to_disk(cnn, images, "acts/", sites=["relu2"], batch_size=16)
+        disk["relu2"].shape                                   # (len(images), 3, 16, 16)
+        for part in disk.batches(): ...                       # one ActivationCache per shard
+
+    Raises:
+        ConfigError: the folder already holds a capture and `overwrite` is False, or
+            `batch_size` is missing (or not a positive int) for a tensor, or given for batches.
+        InputError: `path` is not a path, or `inputs` yields no batch.
+        SiteNotFoundError, SiteNotFiredError, MetricError: as `capture` raises them, per batch.
+        OutputError: a shard or the index cannot be written.
     """
     folder = as_path(path, "the capture folder")
     if (folder / "index.json").exists() and not overwrite:
@@ -93,7 +109,20 @@ def capture_to_disk(
 
 
 def load_cache(path: str | os.PathLike[str]) -> DiskCache:
-    """Open a capture written by `capture_to_disk`."""
+    """Open a capture written by `capture_to_disk`.
+
+    For example:
+
+        disk = cc.load_cache("acts/")
+        disk["relu2"]                      # every shard concatenated: [rows, channel, h, w]
+        disk.grad("relu2")                 # if captured with grads=True
+
+    Raises:
+        InputError: `path` is not a path.
+        SchemaError: the folder holds no finished capture (no `index.json`), or its index or
+            shards are not what a capture writes (wrong format, a shard outside the folder, rows
+            that do not match the tensors).
+    """
     return DiskCache(as_path(path, "the capture folder"))
 
 
@@ -131,6 +160,10 @@ class DiskCache(Mapping[str, Tensor]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._axes)
+
+    def __contains__(self, name: object) -> bool:
+        """Whether the capture holds site `name`: read from the index, no shard is opened."""
+        return name in self._axes
 
     def __len__(self) -> int:
         return len(self._axes)

@@ -8,5 +8,20 @@ SAELens's folder format, usable as a feature basis everywhere a `UnitBasis` is.
 
 from circuits.dictionaries.config import Activation, DictionaryConfig, Kind
 from circuits.dictionaries.dictionary import Dictionary, DictionaryBasis
+from circuits.dictionaries.evaluate import evaluate_dictionary
+from circuits.dictionaries.files import Layout, load_dictionary, save_dictionary
+from circuits.dictionaries.train import TrainConfig, train_dictionary
 
-__all__ = ["Activation", "Dictionary", "DictionaryBasis", "DictionaryConfig", "Kind"]
+__all__ = [
+    "Activation",
+    "Dictionary",
+    "DictionaryBasis",
+    "DictionaryConfig",
+    "Kind",
+    "Layout",
+    "TrainConfig",
+    "evaluate_dictionary",
+    "load_dictionary",
+    "save_dictionary",
+    "train_dictionary",
+]

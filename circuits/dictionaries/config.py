@@ -15,7 +15,11 @@ from circuits.errors import ConfigError
 from circuits.options import check_choice
 
 Kind = Literal["sae", "transcoder"]
+"""What a dictionary predicts: "sae" reconstructs the activation it reads (d_out = d_in);
+"transcoder" reads one site and predicts another (`target_site`, e.g. an MLP's output)."""
 Activation = Literal["relu", "topk", "jumprelu"]
+"""How pre-activations become latents: "relu"; "topk" keeps the k largest (then relu); "jumprelu"
+keeps a latent's pre-activation where it exceeds its threshold (one per latent), else 0."""
 
 __all__ = ["Activation", "DictionaryConfig", "Kind"]
 

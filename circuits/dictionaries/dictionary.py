@@ -14,6 +14,8 @@ channel axis of a conv activation, say) last and back.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float
@@ -23,6 +25,9 @@ from circuits.errors import ConfigError, InputError, ShapeMismatchError
 from circuits.features import Which, _check_axis, _values, _which
 
 from .config import DictionaryConfig
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["Dictionary", "DictionaryBasis"]
 
@@ -68,6 +73,7 @@ class Dictionary:
 
     @property
     def n_latents(self) -> int:
+        """The number of latents n (`config.n_latents`): the width of encode's output."""
         return self.config.n_latents
 
     def pre_activation(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... n"]:
@@ -130,6 +136,30 @@ class Dictionary:
         )
         return Dictionary(self.config, w_enc, b_enc, w_dec, b_dec, threshold)
 
+    def evaluate(self, acts: Any, **options: Any) -> pd.DataFrame:
+        """Reconstruction, sparsity and (given model, inputs and metric) the spliced effect on
+        `acts`: `circuits.dictionaries.evaluate_dictionary(self, acts, **options)`.
+
+            d.evaluate(cache)[["fve", "l0", "dead", "dense"]]
+
+        Raises what `evaluate_dictionary` raises.
+        """
+        from .evaluate import evaluate_dictionary  # evaluate.py imports this module
+
+        return evaluate_dictionary(self, acts, **options)
+
+    def save(self, folder: Any, *, overwrite: bool = False, layout: str = "saelens") -> Path:
+        """Write the dictionary to `folder` in SAELens's layout (cfg.json and
+        sae_weights.safetensors), or circuit-tracer's for a transcoder: `save_dictionary`.
+
+            d.save("sae/"); cc.load_dictionary("sae/")
+
+        Raises what `circuits.dictionaries.save_dictionary` raises.
+        """
+        from .files import save_dictionary  # files.py imports this module
+
+        return save_dictionary(self, folder, overwrite=overwrite, layout=layout)  # type: ignore[arg-type]
+
     def as_basis(self, *, dim: int = -1, site: str | None = None) -> DictionaryBasis:
         """The latents as a FeatureBasis at `site` (default: the config's), on axis `dim` of the
         site's activation (-1 for d_model; 1 for a conv site's channels)."""
@@ -175,10 +205,12 @@ class DictionaryBasis:
 
     @property
     def d(self) -> int:
+        """The size of the site's axis `dim` the basis reads: the dictionary's d_in."""
         return self.dictionary.config.d_in
 
     @property
     def n_features(self) -> int:
+        """The number of features k: the dictionary's latents (the error term not counted)."""
         return self.dictionary.n_latents
 
     def encode(self, act: Tensor) -> Tensor:

@@ -40,6 +40,7 @@ from circuits.modelgraph.residual_ablation import MEMORY, Clean, ResidualAblatio
 from circuits.options import Ablation
 
 ABLATIONS = get_args(Ablation)
+"""The ablations `faithfulness` accepts: "patch", "zero", "mean" and "resample"."""
 
 
 def faithfulness(
@@ -59,6 +60,16 @@ def faithfulness(
     g.graph["faithfulness"] and g.graph["ablation"] are set. A graph without edges has
     faithfulness 0 by definition. Raises MetricError when the metric does not change between the
     clean and the fully ablated run (the ratio is undefined then).
+
+    Faithfulness is (m(circuit) - m(nothing)) / (m(model) - m(nothing)): 1 when the graph's edges
+    alone reproduce the model's metric, 0 when they do no better than ablating every edge.
+
+    For example:
+
+        g = cc.prune(cc.build_graph(cc.attribute(model, clean, corrupt, loss, method="eap-ig")),
+                     top_k=8)
+        cc.faithfulness(model, g, clean, corrupt, loss)           # e.g. 0.88
+        cc.faithfulness(model, g, clean, None, loss, ablation="zero")
     """
     validate(g)
     baseline = Baseline(ablation=ablation, reference=reference, seed=seed)

@@ -53,7 +53,9 @@ NodeRows: TypeAlias = pd.DataFrame | Sequence[Mapping[str, Any]]
 class GraphSource(Protocol):
     """Anything that can hand the graph stage its nodes and edges as tables."""
 
-    def graph_frames(self) -> tuple[pd.DataFrame | None, pd.DataFrame]: ...
+    def graph_frames(self) -> tuple[pd.DataFrame | None, pd.DataFrame]:
+        """(nodes, edges): the node table (None: the edge endpoints, as features) and the edge
+        table (source, target, weight, method), as `build_graph` reads them."""
 
 
 def build_graph(
@@ -71,6 +73,21 @@ def build_graph(
     "feature". meta: provenance for ``g.graph`` (model, method, metric, seed, ...).
     options, keywords: pruning, as a `PruneOptions` or its fields as keywords (threshold, top_k,
     influence, edge_influence, outputs); only what survives is built (see `prune`).
+
+    For example:
+
+        edges = pd.DataFrame({"source": ["tok", "head"], "target": ["head", "logit"],
+                              "weight": [0.5, 1.2]})
+        nodes = pd.DataFrame({"key": ["tok", "head", "logit"], "kind": ["input", "head", "output"],
+                              "layer": [-1, 0, 1]})
+        g = cc.build_graph(edges, nodes=nodes, meta={"model": "toy"}, top_k=1)
+        g = cc.build_graph(cc.attribute(model, clean, corrupt, loss, method="eap-ig"))
+
+    Raises:
+        InputError: a table lacks a column, has duplicate or non-string keys, an edge names a node
+            the node table lacks, or a weight is not a finite number.
+        ConfigError: a pruning option is unknown or out of range.
+        SchemaError: a node attribute or `meta` entry breaks the schema (`validate`).
     """
     options = configure(PruneOptions, options, keywords, what="pruning")
     meta = dict(meta or {})
@@ -131,6 +148,22 @@ def build_graph_from_matrix(
     table); a node in both lists (a feature-to-feature matrix) is one node. Zero entries and a
     node's effect on itself are not edges. Accepts numpy arrays and torch tensors; other
     keywords are build_graph's pruning options.
+
+    Shapes: `matrix` is `[n_targets, n_sources]`, one row per target row and one column per source
+    row.
+
+    For example:
+
+        sources = [{"key": f"f{j}", "kind": "feature", "layer": 0} for j in range(3)]
+        targets = [{"key": "out", "kind": "output", "layer": 1}]
+        g = cc.build_graph_from_matrix(np.array([[0.5, 0.0, -1.2]]), sources=sources,
+                                       targets=targets)                 # 2 edges: zeros dropped
+
+    Raises:
+        InputError: `matrix` is not 2-d, its shape does not match the node lists, or it holds NaN
+            or infinite values; the node rows are malformed (as `build_graph`).
+        ConfigError: a pruning option is unknown or out of range.
+        SchemaError: a node attribute or `meta` entry breaks the schema.
     """
     if hasattr(matrix, "detach"):
         matrix = matrix.detach().cpu().numpy()

@@ -35,6 +35,7 @@ from circuits.files import as_path, atomic_open, read_json
 from circuits.graph.schema import GRAPH_ATTRS, check_version, fix_types, validate
 
 FORMATS = (".json", ".graphml", ".gexf")
+"""The file suffixes `save_graph` and `load_graph` know: node-link JSON, GraphML and GEXF."""
 _XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _GEXF_NS = "{http://www.gexf.net/1.2draft}"
 _GEXF_TAG = "circuits-graph-attributes:"
@@ -51,7 +52,21 @@ def _suffix(path: Any) -> str:
 
 
 def save_graph(g: nx.DiGraph, path: str | os.PathLike[str]) -> Path:
-    """Validate `g` and write it to `path` (.json, .graphml or .gexf), atomically."""
+    """Validate `g` and write it to `path` (.json, .graphml or .gexf), atomically.
+
+    Returns the path written. The formats are described in the docs' "Graph files" page.
+
+    For example:
+
+        cc.save_graph(g, "circuit.graphml")                 # also .json and .gexf
+        networkx.read_graphml("circuit.graphml")            # plain networkx opens it too
+
+    Raises:
+        ConfigError: the suffix is not .json, .graphml or .gexf.
+        InputError: `path` is not a path.
+        SchemaError: `g` breaks the schema, or (XML formats) holds a control character.
+        OutputError: the file cannot be written (nothing is left behind).
+    """
     suffix = _suffix(path)
     validate(g)
     if suffix != ".json":
@@ -65,7 +80,19 @@ def save_graph(g: nx.DiGraph, path: str | os.PathLike[str]) -> Path:
 
 
 def load_graph(path: str | os.PathLike[str]) -> nx.DiGraph:
-    """Read a graph written by `save_graph`, restore attribute types and validate the schema."""
+    """Read a graph written by `save_graph`, restore attribute types and validate the schema.
+
+    For example:
+
+        g = cc.load_graph("circuit.graphml")
+        g.graph["faithfulness"], g.nodes["blocks.1.attn.hook_z[2]"]["kind"]
+
+    Raises:
+        ConfigError: the suffix is not .json, .graphml or .gexf.
+        InputError: there is no file at `path`.
+        SchemaError: the file is truncated or corrupted, lists a node or an edge twice, was written
+            by a newer schema version, or does not hold a valid circuit graph.
+    """
     suffix = _suffix(path)
     if not Path(path).is_file():
         raise InputError(f"no graph file at {str(path)!r}")
@@ -99,6 +126,14 @@ def graph_frames(g: nx.DiGraph) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The graph as tables: nodes (a ``key`` column + attributes), edges (source, target, ...).
 
     `build_graph(edges, nodes=nodes, meta=g.graph)` rebuilds the same graph.
+
+    For example:
+
+        nodes, edges = cc.graph_frames(g)
+        edges.sort_values("weight", key=abs, ascending=False).head()
+
+    Raises:
+        InputError: `g` is not a networkx.DiGraph.
     """
     if not isinstance(g, nx.DiGraph):
         raise InputError(f"graph_frames takes a networkx.DiGraph, got {type(g).__name__}")

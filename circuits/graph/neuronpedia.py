@@ -73,6 +73,18 @@ def export_neuronpedia(
     slug: the graph's name in the frontend (default: the file stem). scan: the model or
     dictionary set it belongs to (default: ``g.graph["model"]``). index: also add the graph to
     ``graph-metadata.json`` in the same folder, as circuit-tracer's local server expects.
+
+    Returns the path written. The fields are listed in the module docstring (the docs' "Neuronpedia
+    export" page).
+
+    For example:
+
+        cc.export_neuronpedia(circuit, "graphs/induction.json", scan="induction-2l", index=True)
+
+    Raises:
+        SchemaError: `g` breaks the schema, or `graph-metadata.json` exists and is not a listing.
+        InputError: `path` is not a path.
+        OutputError: the file cannot be written.
     """
     validate(g)
     target = as_path(path)

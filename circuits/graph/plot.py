@@ -7,7 +7,7 @@ Edges are drawn in one trace per (strength bin, sign), not one per edge, so a fe
 stay fast; a midpoint marker per edge carries its hover text.
 
 `save_html` writes a self-contained page (plotly.js inline, works offline). `save_image` writes
-PNG/SVG/PDF through kaleido when it is installed (``pip install circuits[export]``, which also
+PNG/SVG/PDF through kaleido when it is installed (``pip install circuits-mi[export]``, which also
 needs a Chrome or Chromium: ``apt install chromium`` on Debian) and says so when it is not.
 """
 
@@ -49,6 +49,15 @@ def plot_graph(
     puts layers on the x axis (inputs left, outputs right), "vertical" on the y axis.
     steps: slider steps (quantiles of |weight|). max_edges: draw at most this many edges, the
     largest by |weight| (the title says when some were left out).
+
+    For example:
+
+        fig = cc.plot_graph(circuit, threshold=0.05, orientation="vertical")
+        fig.show()
+
+    Raises:
+        SchemaError: `g` breaks the schema.
+        ConfigError: an option is out of range (orientation, steps, max_edges, threshold).
     """
     validate(g)
     if orientation not in ("horizontal", "vertical"):
@@ -203,7 +212,18 @@ def _figure(fig_or_graph: go.Figure | nx.DiGraph, plot_options: dict[str, Any]) 
 def save_html(
     fig_or_graph: go.Figure | nx.DiGraph, path: str | os.PathLike[str], **plot_options: Any
 ) -> Path:
-    """Write a self-contained HTML page (plotly.js inline); a graph is plotted first."""
+    """Write a self-contained HTML page (plotly.js inline); a graph is plotted first.
+
+    For example:
+
+        cc.save_html(circuit, "circuit.html", threshold=0.05)   # plot_graph's options
+
+    Raises:
+        ConfigError: `fig_or_graph` is neither a plotly Figure nor a circuit graph, or a plot
+            option is out of range.
+        SchemaError: the graph breaks the schema.
+        OutputError: the file cannot be written.
+    """
     fig = _figure(fig_or_graph, plot_options)
     with atomic_open(path, "w") as fh:
         fig.write_html(fh, include_plotlyjs=True, full_html=True)
@@ -213,14 +233,25 @@ def save_html(
 def save_image(
     fig_or_graph: go.Figure | nx.DiGraph, path: str | os.PathLike[str], **plot_options: Any
 ) -> Path:
-    """Write PNG, SVG, PDF, JPEG or WebP (by suffix) through kaleido; a graph is plotted first."""
+    """Write PNG, SVG, PDF, JPEG or WebP (by suffix) through kaleido; a graph is plotted first.
+
+    For example:
+
+        save_image(circuit, "circuit.svg")               # needs the export extra and a Chromium
+
+    Raises:
+        ConfigError: the suffix is not an image format, or a plot option is out of range.
+        CircuitsError: kaleido is not installed (the message says how to install it).
+        SchemaError: the graph breaks the schema.
+        OutputError: the file cannot be written.
+    """
     suffix = Path(path).suffix.lower()
     if suffix not in IMAGE_FORMATS:
         raise ConfigError(f"image suffix must be one of {IMAGE_FORMATS}, got {suffix!r}")
     if importlib.util.find_spec("kaleido") is None:
         raise CircuitsError(
             f"writing {suffix[1:].upper()} needs kaleido, which is not installed: "
-            "pip install circuits[export] (kaleido also needs a Chrome or Chromium; on Debian: "
+            "pip install circuits-mi[export] (kaleido also needs a Chrome or Chromium; on Debian: "
             "apt install chromium). save_html works without it"
         )
     fig = _figure(fig_or_graph, plot_options)

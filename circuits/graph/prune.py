@@ -210,6 +210,17 @@ def prune(g: nx.DiGraph, options: PruneOptions | None = None, **keywords: Any) -
     settings are recorded in ``g.graph["thresholds"]``; influence pruning also sets each kept
     node's ``influence``. `build_graph` takes the same options and prunes before building
     (faster for big graphs).
+
+    For example:
+
+        small = cc.prune(g, top_k=20)                     # the 20 strongest edges
+        core = cc.prune(g, influence=0.8)                 # nodes carrying 80% of the influence
+        small.graph["thresholds"]                         # '{"top_k": 20}'
+
+    Raises:
+        ConfigError: an option is unknown or out of range, or `outputs` is malformed.
+        InputError: an output named in `outputs` is not a node of the graph.
+        SchemaError: `g` breaks the schema.
     """
     validate_nodes(g)
     options = configure(PruneOptions, options, keywords, what="pruning")

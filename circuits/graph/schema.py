@@ -66,8 +66,10 @@ from circuits.errors import SchemaError
 from circuits.ids import NodeId
 
 SCHEMA_VERSION = "1.0"
+"""The version of the schema this circuits writes; graphs of a newer version are refused."""
 
 KINDS = ("input", "feature", "neuron", "channel", "head", "mlp", "error", "output")
+"""The node kinds a graph may hold (a node's `kind` attribute)."""
 
 NODE_ATTRS: dict[str, type] = {
     "kind": str,
@@ -105,9 +107,9 @@ SCALARS = (str, int, float, bool)
 
 
 def created_by() -> str:
-    """The `created_by` stamp: "circuits <installed version>"."""
+    """The `created_by` stamp: "circuits <installed version>" (the distribution is circuits-mi)."""
     try:
-        return f"circuits {metadata.version('circuits')}"
+        return f"circuits {metadata.version('circuits-mi')}"
     except metadata.PackageNotFoundError:  # running from a source tree that is not installed
         return "circuits unknown"
 
@@ -129,7 +131,16 @@ def graph_defaults() -> dict[str, Any]:
 
 
 def new_graph(**meta: Any) -> nx.DiGraph:
-    """An empty schema graph with default provenance, updated by `meta` (see `normalise_meta`)."""
+    """An empty schema graph with default provenance, updated by `meta` (see `normalise_meta`).
+
+    For example:
+
+        g = new_graph(model="induction-2l", method="eap-ig", thresholds={"top_k": 8})
+        g.graph["schema_version"], g.graph["thresholds"]     # "1.0", '{"top_k": 8}'
+
+    Raises:
+        SchemaError: `faithfulness` is given and is not a number.
+    """
     g = nx.DiGraph()
     g.graph.update(normalise_meta(meta))
     return g
@@ -159,6 +170,14 @@ def node_key(site: str, unit: int = -1, *, pos: int = -1, h: int = -1, w: int = 
 
     Parts that are -1 (none) are left out, so a whole site at all positions is just its name.
     The format is `circuits.ids.NodeId`'s; `NodeId.parse(key)` reads it back.
+
+    For example:
+
+        node_key("blocks.1.attn.hook_z", 2, pos=5)          # "blocks.1.attn.hook_z[2]@5"
+        node_key("layer2.0.conv1", 7, h=3, w=4)              # "layer2.0.conv1[7]@3,4"
+
+    Raises:
+        SchemaError: `site` is empty or holds "[", "]" or "@", or only one of h and w is given.
     """
     if not isinstance(site, str) or not site:
         raise SchemaError(f"node_key needs a non-empty site name, got {site!r}")
@@ -184,7 +203,7 @@ def check_version(version: object) -> None:
     if parse_version(version) > parse_version(SCHEMA_VERSION):
         raise SchemaError(
             f"this graph has schema_version {version!r}, written by a newer circuits; this "
-            f"circuits reads up to {SCHEMA_VERSION!r}; upgrade: pip install -U circuits"
+            f"circuits reads up to {SCHEMA_VERSION!r}; upgrade: pip install -U circuits-mi"
         )
 
 
@@ -255,7 +274,12 @@ def _check_attrs(
 
 
 def validate(g: object) -> None:
-    """Raise SchemaError naming the first node, edge or graph attribute that breaks the schema."""
+    """Raise SchemaError naming the first node, edge or graph attribute that breaks the schema.
+
+    For example:
+
+        validate(g)                  # None, or a SchemaError naming the first fault
+    """
     validate_nodes(g)
     extra: dict[str, type] = {}
     for u, nbrs in cast(nx.DiGraph, g).adjacency():

@@ -27,6 +27,9 @@ from circuits.errors import (
 from circuits.site import Site, SiteRef, resolve
 
 HookFn = Callable[[Tensor, Site], "Tensor | None"]
+"""A hook: `fn(activation, site)` returning a replacement tensor of the same shape, dtype and
+device, or None to leave the activation as it is.
+"""
 MARK = "__circuits_hook__"  # set on every hook this module registers (see hook_count)
 
 
@@ -45,6 +48,13 @@ def hooks(model: nn.Module, fns: Mapping[str, HookFn], *, strict: bool = True) -
 
         with cc.hooks(model, {"blocks.0.attn.hook_z": lambda z, site: z * 0}):
             logits = model(tokens)
+
+    Raises:
+        SiteNotFoundError: a name is not a site of the model (nothing is registered then).
+        InputError: `fns` is not a mapping of functions, or a replacement has the wrong type.
+        ShapeMismatchError: a replacement's shape differs from the activation's.
+        SiteNotFiredError: with `strict`, a site whose hook never ran in the block.
+        ModelError: a site carries something other than a tensor.
     """
     with attach(model, fns) as (fired, _):
         yield
@@ -61,6 +71,18 @@ def attach(
 
     Every site is resolved before anything is registered, so an unknown name leaves the model
     untouched. With `tensors_only`, a site whose activation is not a tensor raises ModelError.
+
+    For example:
+
+        with attach(model, {"relu2": lambda act, site: None}) as (fired, refs):
+            model(images)
+        fired["relu2"]                                        # 1
+
+    Raises:
+        InputError: `fns` is not a mapping of functions.
+        SiteNotFoundError: a name is not a site of the model (nothing is registered then).
+        ModelError: with `tensors_only`, a site carries something other than a tensor.
+        ShapeMismatchError: a hook returns a replacement of another shape.
     """
     if not isinstance(fns, Mapping):
         raise InputError(
@@ -82,7 +104,17 @@ def attach(
 
 
 def require_fired(names: Sequence[str], fired: Counter[str]) -> None:
-    """Raise SiteNotFiredError for the sites in `names` whose hooks never ran."""
+    """Raise SiteNotFiredError for the sites in `names` whose hooks never ran.
+
+    For example:
+
+        with attach(model, fns) as (fired, _):
+            model(images)
+        require_fired(list(fns), fired)
+
+    Raises:
+        SiteNotFiredError: the message names the sites and how to make TransformerLens compute them.
+    """
     missing = [name for name in names if fired[name] == 0]
     if missing:
         raise SiteNotFiredError(
@@ -95,7 +127,16 @@ def require_fired(names: Sequence[str], fired: Counter[str]) -> None:
 
 
 def require_once(names: Sequence[str], fired: Counter[str]) -> None:
-    """Every site in `names` ran exactly once: SiteNotFiredError or SiteRepeatedError otherwise."""
+    """Every site in `names` ran exactly once: SiteNotFiredError or SiteRepeatedError otherwise.
+
+    For example:
+
+        require_once(["relu1", "relu2"], fired)              # after an `attach` block
+
+    Raises:
+        SiteNotFiredError: a site never ran.
+        SiteRepeatedError: a site ran more than once (a shared module is not one activation).
+    """
     require_fired(names, fired)
     repeated = {name: fired[name] for name in names if fired[name] > 1}
     if repeated:
@@ -112,6 +153,14 @@ def hook_count(model: nn.Module) -> int:
 
     Only this library's hooks are counted (each is marked when registered): TransformerLens 4's
     bridge registers hooks of its own on a first forward pass, which are not a leak.
+
+    For example:
+
+        with cc.hooks(model, {"relu2": lambda act, site: None}):
+            assert cc.hook_count(model) == 1
+        assert cc.hook_count(model) == 0                      # no hook survives the block
+
+    Raises nothing of its own: any module is accepted (one without hooks counts 0).
     """
     kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
     return sum(

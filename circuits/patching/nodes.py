@@ -40,7 +40,19 @@ class Node:
 
 
 def node(site: str, **index: int) -> Node:
-    """A Node from a site name and axis=index keywords: `node("blocks.1.attn.hook_k", head=2)`."""
+    """A Node from a site name and axis=index keywords: `node("blocks.1.attn.hook_k", head=2)`.
+
+    Each keyword names an axis of the site and one index along it (negative counts from the
+    end); axes not named stay whole. The site and the indices are checked against the model
+    when the node is used (`path_patch`), not here.
+
+        cc.node("blocks.1.attn.hook_k", head=2)        # blocks.1.attn.hook_k[head=2]
+        cc.node("blocks.0.hook_resid_pre", pos=-1)     # the last position's residual stream
+        cc.node("blocks.0.attn.hook_z")                # the whole site
+
+    Raises:
+        ConfigError: an index is not an int.
+    """
     for axis, i in index.items():
         if isinstance(i, bool) or not isinstance(i, int):
             raise ConfigError(f"node index {axis}={i!r} must be an int")
@@ -53,7 +65,20 @@ def heads(
     layers: int | Sequence[int] | None = None,
     kind: Literal["z", "q", "k", "v", "pattern"] = "z",
 ) -> list[Node]:
-    """One Node per attention head of a TransformerLens model (`hook_z`, or its q/k/v/pattern)."""
+    """One Node per attention head of a TransformerLens model (`hook_z`, or its q/k/v/pattern).
+
+    layers: one layer, a list, or None for every layer. kind: which of the head's sites the
+    nodes name: "z" (its output, as a sender), "q", "k", "v" (its query, key and value, as
+    receivers) or "pattern". The nodes come layer by layer, head by head within a layer.
+
+        cc.heads(model, layers=0)                      # [blocks.0.attn.hook_z[head=0], ...]
+        cc.heads(model, layers=[1, 2], kind="k")       # the key inputs of layers 1 and 2
+
+    Raises:
+        ModelError: the model is not a TransformerLens model (it has no cfg.n_layers /
+            cfg.n_heads).
+        ConfigError: a layer is out of range, or `kind` is not one of z, q, k, v, pattern.
+    """
     n_layers, n_heads = model_config(model, "n_layers"), model_config(model, "n_heads")
     chosen = range(n_layers) if layers is None else [layers] if isinstance(layers, int) else layers
     for layer in chosen:

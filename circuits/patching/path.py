@@ -71,6 +71,32 @@ def path_patch(
     freeze: the sites held at their base value in the sender pass; None: every head (hook_z) and
         MLP (hook_mlp_out) of a TransformerLens model, nothing on other models.
     budget (or its fields as keywords: max_batch, memory, fast, progress): as for `patch`.
+
+    Shapes: clean and corrupt are inputs of the same structure and shapes (tokens [batch, pos]).
+    The result's `values` are [sender, receiver], labelled by the nodes (`res.coords["sender"]`,
+    `res.coords["receiver"]`: "blocks.0.attn.hook_z[head=3]", "logits").
+
+    For example:
+
+        res = cc.path_patch(model, clean, corrupt, metric,
+                            senders=cc.heads(model, layers=0),
+                            receivers=cc.heads(model, layers=1, kind="k"))
+        res.values.shape                        # [n_heads, n_heads]: layer-0 head -> layer-1 key
+        direct = cc.path_patch(model, clean, corrupt, metric,
+                               senders=cc.heads(model, layers=1), receivers=["logits"])
+
+    Raises:
+        ConfigError: senders or receivers is empty, lists a node twice or holds something that
+            is not a node, a site name or (site, {axis: index}); `direction` is not "denoise"
+            or "noise"; `freeze` is a string; `metric` is not callable; a budget option is
+            unknown or invalid.
+        ShapeMismatchError: clean and corrupt differ in structure or shape.
+        SiteNotFoundError: a sender's, receiver's or frozen site is not one of the model's.
+        ModelError: a site is one a TransformerBridge does not read edits back from
+            (hook_attn_scores), or the model is not a torch module in eval mode.
+        InputError: a node's index is out of range or names an axis its site does not have,
+            or the forward pass fails.
+        MetricError: the metric does not return a finite scalar float tensor.
     """
     budget = configure(Budget, budget, budget_options)
     check_metric(metric)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -11,7 +12,7 @@ import torch
 from torch import Tensor
 
 from circuits.errors import ConfigError, MetricError
-from circuits.ids import METRIC, NodeId, metric_node, node_row, unit_node
+from circuits.ids import METRIC, NodeId, block_of, metric_node, node_row, unit_node
 from circuits.results import check_k
 
 from .nodes import OUTPUT
@@ -34,6 +35,9 @@ class PatchingResult:
     metric: the metric's name.
     sites: the patched site of each index of the leading axis ("layer" / "site"), or the one site
         (activation patching; empty for path patching, whose senders and receivers name theirs).
+    feature_units, feature_kind: for a feature basis (axis "feature": its labels, then
+        "error"), each feature's unit index in node keys (`site[i]@pos`; the error node is
+        `site[error]@pos`) and the kind of its nodes.
     """
 
     values: Tensor
@@ -45,6 +49,8 @@ class PatchingResult:
     method: str
     metric: str = "metric"
     sites: tuple[str, ...] = ()
+    feature_units: tuple[int, ...] = ()
+    feature_kind: str = "feature"
 
     @property
     def effects(self) -> Tensor:
@@ -105,13 +111,28 @@ class PatchingResult:
             nodes[METRIC] = metric_node(self.metric)
             for row in frame.to_dict("records"):
                 site = self.sites[where[row[lead]]] if lead else self.sites[0]
-                node = unit_node(site, units, [row[a] for a in units])
+                node = self._unit_node(site, units, row)
                 nodes[node["key"]] = node
                 ends.append((node["key"], METRIC))
         edges = pd.DataFrame(ends, columns=["source", "target"])
         edges["weight"] = frame["effect"].to_numpy()
         edges["method"] = f"patching/{self.method}"
         return pd.DataFrame(list(nodes.values())), edges
+
+    def _unit_node(self, site: str, axes: list[str], row: dict[str, Any]) -> dict[str, Any]:
+        """The node row of one patched unit; a basis's feature or error term by its index."""
+        if "feature" not in axes:
+            return unit_node(site, axes, [row[a] for a in axes])
+        rest = [a for a in axes if a != "feature"]
+        f = self.coords["feature"].index(row["feature"])
+        if f == len(self.feature_units):
+            place = NodeId.parse(unit_node(site, rest, [row[a] for a in rest])["key"])
+            node = dataclasses.replace(place, error=True)
+            return node_row(node, "error", layer=block_of(site), label=f"{site} error")
+        out = unit_node(site, ["feature", *rest], [self.feature_units[f], *(row[a] for a in rest)])
+        at = out["key"].partition("@")[2]
+        out.update(kind=self.feature_kind, label=str(row["feature"]) + (f"@{at}" if at else ""))
+        return out
 
     def graph_meta(self) -> dict[str, Any]:
         """Provenance for the graph builder's `g.graph`."""

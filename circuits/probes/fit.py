@@ -136,6 +136,19 @@ def fit_probe(
         override the config's fields.
     types: one per sample (e.g. token ids) for Hewitt & Liang's control task (module docstring).
     Runs on the activations' device, in float32 (float64 for the small d x d solves).
+
+    For example:
+
+        cache = cc.capture(model, tokens, sites=["blocks.1.hook_resid_pre"], positions=-1)
+        probe = cc.fit_probe(cache["blocks.1.hook_resid_pre"][:, -1], labels, kind="logistic")
+        probe.test_score, probe.selectivity                 # held-out accuracy, minus the control's
+        basis = probe.as_basis()                            # its direction as a feature basis
+
+    Raises:
+        ConfigError: an unknown option, kind or pool, or an option out of range.
+        ShapeMismatchError: the labels do not match the activations' first axis.
+        InputError: the activations have no features or are NaN or infinite, the labels cannot be
+            read (a single class, NaN targets), or too few examples are left for a test split.
     """
     config = ProbeConfig.of(config, options)
     acts = as_tensor(acts)

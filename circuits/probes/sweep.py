@@ -60,6 +60,21 @@ def probe_sweep(
         whiten, ridge, standardise, test_fraction, control, seed, tol, max_iter), as for
         `fit_probe`; the feature axis is this function's own `feature_axis`.
     progress: tqdm bars over batches and sites (None: only on a terminal).
+
+    For example:
+
+        frame = cc.probe_sweep(cnn, images, labels, sites=["relu1", "relu2"], pool="max")
+        frame[["site", "test_score", "selectivity"]]
+        frame.set_index("site").loc["relu2", "probe"].as_basis()
+        cc.probe_sweep(cache, None, labels)                 # from activations you already have
+
+    Raises:
+        ConfigError: `labels` is missing, `inputs` is given with a cache, `sites` is empty, or an
+            option is unknown or out of range (as `fit_probe`).
+        ShapeMismatchError: the number of labels differs from the number of inputs, or fewer than 2.
+        InputError: `source` is neither a model nor a cache, or a site's activations cannot be
+            probed (as `fit_probe`).
+        SiteNotFoundError, SiteNotFiredError: a site is not in the model or cache, or never ran.
     """
     if labels is None:
         raise ConfigError("probe_sweep needs labels=..., one per input")
@@ -96,7 +111,16 @@ def probe_sweep(
 
 
 def plot_probe_sweep(frame: pd.DataFrame, *, title: str | None = None) -> go.Figure:
-    """Test score and control score by site, in the frame's order (train score dotted)."""
+    """Test score and control score by site, in the frame's order (train score dotted).
+
+    For example:
+
+        fig = cc.plot_probe_sweep(cc.probe_sweep(cnn, images, labels, sites=["relu1", "relu2"]))
+        fig.show()
+
+    Raises:
+        InputError: `frame` lacks the columns `probe_sweep` writes.
+    """
     import plotly.graph_objects as go
 
     missing = [c for c in COLUMNS if c not in getattr(frame, "columns", ())]

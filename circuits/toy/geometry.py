@@ -26,8 +26,11 @@ __all__ = [
 ]
 
 NOT_REPRESENTED = "not represented"
+"""The `regimes` label of a feature the model drops (its norm is at most `min_norm`)."""
 DEDICATED = "dedicated dimension"
+"""The `regimes` label of a feature with a hidden dimension (a subspace) of its own."""
 SUPERPOSITION = "superposition"
+"""The `regimes` label of a feature that shares its subspace with other features."""
 
 _EPS = 1e-12
 
@@ -44,12 +47,29 @@ def check_weights(W: Tensor, ndims: tuple[int, ...] = (2, 3)) -> Tensor:
 
 
 def feature_norms(W: Tensor) -> Tensor:
-    """||W_i|| for every feature, [..., n]; a feature is 'represented' when this is near 1."""
+    """||W_i|| for every feature, [..., n]; a feature is 'represented' when this is near 1.
+
+    For example:
+
+        model = cc.toy.train(cc.toy.ToyModel(cc.toy.ToyConfig(n_features=5, n_hidden=2)))
+        cc.toy.feature_norms(model.W)                       # [instances, 5]
+
+    Raises:
+        InputError: `W` is not an `[m, n]` or `[instances, m, n]` tensor.
+    """
     return check_weights(W).norm(dim=-2)
 
 
 def interference(W: Tensor) -> Tensor:
-    """W^T W, [..., n, n]: the diagonal is ||W_i||^2, the rest is how much features overlap."""
+    """W^T W, [..., n, n]: the diagonal is ||W_i||^2, the rest is how much features overlap.
+
+    For example:
+
+        cc.toy.interference(model.W)[0]                     # [n, n] for the first instance
+
+    Raises:
+        InputError: `W` is not an `[m, n]` or `[instances, m, n]` tensor.
+    """
     W = check_weights(W)
     return W.transpose(-1, -2) @ W
 
@@ -59,6 +79,13 @@ def feature_dimensionality(W: Tensor) -> Tensor:
 
     The share of an embedding dimension feature i gets: 1 when it is orthogonal to all others,
     1/k when it shares a dimension with k-1 others, and 0 when it is not represented at all.
+
+    For example:
+
+        cc.toy.feature_dimensionality(model.W)              # [instances, n]; 1/2 for a pair
+
+    Raises:
+        InputError: `W` is not an `[m, n]` or `[instances, m, n]` tensor.
     """
     W = check_weights(W)
     norms = W.norm(dim=-2, keepdim=True)
@@ -72,6 +99,13 @@ def dimensions_per_feature(W: Tensor) -> Tensor:
 
     It is 1 when m features get a dimension each and falls below 1 as features are packed in
     superposition, e.g. to 1/2 when every dimension holds an antipodal pair.
+
+    For example:
+
+        cc.toy.dimensions_per_feature(model.W)              # [instances]; 2/5 for a pentagon
+
+    Raises:
+        InputError: `W` is not an `[m, n]` or `[instances, m, n]` tensor.
     """
     W = check_weights(W)
     return W.shape[-2] / (W**2).sum((-2, -1)).clamp_min(_EPS)
@@ -84,6 +118,13 @@ def feature_groups(W: Tensor, *, threshold: float = 0.2, min_norm: float = 0.5) 
     are the connected components, so an antipodal pair, a triangle or a pentagon each form one
     group and a feature with a dedicated dimension forms a group of its own. Unrepresented
     features belong to no group. Groups are sorted, and so are the features within them.
+
+    For example:
+
+        cc.toy.feature_groups(model.W[0])                   # e.g. [[0, 1, 2, 3, 4]]: a pentagon
+
+    Raises:
+        InputError: `W` is not an `[m, n]` tensor (one instance).
     """
     W = check_weights(W, (2,))
     norms = W.norm(dim=0)
@@ -111,6 +152,16 @@ def regimes(
     Returns one label per instance (a list of one for [m, n]): NOT_REPRESENTED when its norm is
     at most `min_norm`, SUPERPOSITION when it shares a group (see `feature_groups`) with other
     features, and DEDICATED when it has a subspace of its own.
+
+    For example:
+
+        model = cc.toy.train(cc.toy.ToyModel(cc.toy.phase_config(sparsities=[0.0, 0.9],
+                                                                 importances=[0.1, 1.0])))
+        cc.toy.regimes(model.W)                             # one label per (sparsity, importance)
+
+    Raises:
+        InputError: `W` is not an `[m, n]` or `[instances, m, n]` tensor.
+        InputError: `feature` is not an index of W's features.
     """
     W = check_weights(W)
     n = W.shape[-1]

@@ -118,6 +118,14 @@ def phase_config(*, sparsities: Sequence[float], importances: Sequence[float]) -
 
     Feature 0 has importance 1 and feature 1 the relative importance; both share the cell's
     sparsity. Instances run over `sparsities` (outer) and `importances` (inner).
+
+    For example:
+
+        config = cc.toy.phase_config(sparsities=[0.0, 0.5, 0.9], importances=[0.1, 1.0, 10.0])
+        config.n_instances                                  # 9
+
+    Raises:
+        ConfigError: a sparsity outside [0, 1) or a negative importance (from `ToyConfig`).
     """
     cells = [(s, r) for s in sparsities for r in importances]
     return ToyConfig(
@@ -222,6 +230,14 @@ def train(
     the data stream; the initial weights are fixed by the model's own seed. Gradients are
     computed in closed form (the same as autograd through `model.loss`, about 1.7x faster on a
     CPU; see benchmarks/bench_toy.py), so hooks on the model do not run during training.
+
+    For example:
+
+        model = cc.toy.ToyModel(cc.toy.ToyConfig(n_features=5, n_hidden=2, sparsity=0.9))
+        cc.toy.train(model, steps=2_000, schedule="cosine", progress=False)
+
+    Raises:
+        ConfigError: `steps`, `batch_size` or `lr` is not positive, or `schedule` is unknown.
     """
     if steps <= 0 or batch_size <= 0 or lr <= 0:
         raise ConfigError(

@@ -83,7 +83,16 @@ def _grid(k: int, titles: Sequence[str] | None, cols: int) -> tuple[go.Figure, i
 def plot_interference(
     W: Tensor, *, titles: Sequence[str] | None = None, cols: int = 5
 ) -> go.Figure:
-    """Heatmaps of W^T W, one panel (one trace) per instance, on a shared red-blue scale."""
+    """Heatmaps of W^T W, one panel (one trace) per instance, on a shared red-blue scale.
+
+    For example:
+
+        cc.toy.plot_interference(model.W, titles=[f"S={s}" for s in (0.0, 0.9)]).show()
+
+    Raises:
+        InputError: `W` is not an `[m, n]` or `[instances, m, n]` tensor.
+        ConfigError: `cols` is below 1, or `titles` does not have one title per instance.
+    """
     matrices = interference(_instances(W)).numpy()
     fig, cols = _grid(len(matrices), titles, cols)
     for i, matrix in enumerate(matrices):
@@ -96,7 +105,17 @@ def plot_interference(
 def plot_feature_directions(
     W: Tensor, *, titles: Sequence[str] | None = None, cols: int = 5
 ) -> go.Figure:
-    """Each column W_i as an arrow from the origin, one panel (one trace) per instance; m = 2."""
+    """Each column W_i as an arrow from the origin, one panel (one trace) per instance; m = 2.
+
+    For example:
+
+        cc.toy.plot_feature_directions(model.W).show()      # the pentagon, for n=5, m=2
+
+    Raises:
+        InputError: `W` is not an `[m, n]` or `[instances, m, n]` tensor.
+        InputError: the model does not have m = 2 hidden dimensions.
+        ConfigError: `cols` is below 1, or `titles` does not have one title per instance.
+    """
     weights = _instances(W).numpy()
     if weights.shape[1] != 2:
         raise InputError(
@@ -122,6 +141,14 @@ def plot_dimensionality(
 
     Two traces: the D_i of every represented feature (norm > min_norm), and the dimensions per
     feature m / ||W||_F^2 of each instance as a line; FRACTIONS are drawn as horizontal lines.
+
+    For example:
+
+        cc.toy.plot_dimensionality(model.W, sparsity=model.sparsity).show()
+
+    Raises:
+        InputError: `W` is not an `[m, n]` or `[instances, m, n]` tensor.
+        InputError: `sparsity` does not have one value per instance.
     """
     weights = _instances(W)
     x = 1.0 / (1.0 - _per_instance("sparsity", sparsity, len(weights), "model.sparsity"))
@@ -158,6 +185,16 @@ def plot_phase_diagram(
     For the paper's n=2, m=1 sweep (see `phase_config`), `importance` is the relative importance
     of the extra feature in each instance. Three traces, one per regime (possibly empty):
     NOT_REPRESENTED, DEDICATED and SUPERPOSITION.
+
+    For example:
+
+        cc.toy.plot_phase_diagram(model.W, sparsity=model.sparsity,
+                                  importance=model.importance[:, -1]).show()
+
+    Raises:
+        InputError: `W` is not an `[m, n]` or `[instances, m, n]` tensor.
+        InputError: `sparsity` or `importance` does not have one value per instance, or `feature`
+            is not an index of W's features.
     """
     weights = _instances(W)
     x = _per_instance("importance", importance, len(weights), "model.importance[:, -1]")

@@ -10,6 +10,13 @@
 - `induction_transformer()`: a 2-layer attention-only transformer trained here on repeated
   random tokens (`circuits/zoo/train_induction.py` reproduces it); `induction_pair(n)` gives
   clean / corrupted inputs, `head_scores` its heads' induction and previous-token scores.
+- `lookup_transformer()`: a 2-layer transformer with MLPs trained here on a pair lookup
+  (`circuits/zoo/train_lookup.py` reproduces it): the answer at t is `LOOKUP_TABLE[x[t-1]][x[t]]`,
+  a Latin square, so a previous-token head (layer 0, head 1) moves x[t-1] and MLP 0 looks the pair
+  up (`LOOKUP_CIRCUIT`). `lookup_batch(n)` gives tokens and targets, `lookup_pair(n)` clean /
+  corrupt inputs that differ in one previous token.
+- `lookup_transcoder(layer)`, `curve_sae()`: sparse dictionaries trained here on those models
+  (`circuits/zoo/train_dictionaries.py` reproduces them), shipped as SAELens folders.
 """
 
 from circuits.zoo.corner import CORNER_CIRCUIT, CornerCircuit, corner_cnn, corner_images
@@ -24,6 +31,7 @@ from circuits.zoo.curve import (
     line_stimuli,
     peak_responses,
 )
+from circuits.zoo.dictionaries import DICTIONARIES_PATH, curve_sae, lookup_transcoder
 from circuits.zoo.induction import (
     INDUCTION_HEADS,
     RepeatBatch,
@@ -32,15 +40,31 @@ from circuits.zoo.induction import (
     induction_transformer,
     repeated_tokens,
 )
+from circuits.zoo.lookup import (
+    LOOKUP_CIRCUIT,
+    LOOKUP_TABLE,
+    LookupBatch,
+    LookupCircuit,
+    lookup_accuracy,
+    lookup_batch,
+    lookup_pair,
+    lookup_targets,
+    lookup_transformer,
+)
 from circuits.zoo.transformers import hooked_state_dict, load_weights, tiny_transformer
 
 __all__ = [
     "CORNER_CIRCUIT",
     "CURVE_DIRECTIONS",
+    "DICTIONARIES_PATH",
     "INDUCTION_HEADS",
     "LINE_ORIENTATIONS",
+    "LOOKUP_CIRCUIT",
+    "LOOKUP_TABLE",
     "CornerCircuit",
     "CurveBatch",
+    "LookupBatch",
+    "LookupCircuit",
     "RepeatBatch",
     "arc_stimuli",
     "corner_cnn",
@@ -48,12 +72,19 @@ __all__ = [
     "curve_class_names",
     "curve_cnn",
     "curve_images",
+    "curve_sae",
     "head_scores",
     "hooked_state_dict",
     "induction_pair",
     "induction_transformer",
     "line_stimuli",
     "load_weights",
+    "lookup_accuracy",
+    "lookup_batch",
+    "lookup_pair",
+    "lookup_targets",
+    "lookup_transcoder",
+    "lookup_transformer",
     "peak_responses",
     "repeated_tokens",
     "tiny_transformer",

@@ -72,6 +72,9 @@ CORNER_CIRCUIT = CornerCircuit(
     output=("conv2", 0),
     irrelevant=frozenset({("conv1", 2), ("conv1", 3), ("conv2", 1), ("conv2", 2)}),
 )
+"""The true channel circuit of `corner_cnn` (also `model.circuit`): conv1 ch0 (horizontal) and
+ch1 (vertical) feed conv2 ch0 (the corner), the channel the readout reads; the diagonal channels
+conv1 ch2, ch3 and conv2 ch1, ch2 fire but cannot change the output."""
 
 
 class GlobalMaxPool(nn.Module):
@@ -130,6 +133,19 @@ def corner_cnn() -> CornerCNN:
     pool: global max, so a channel reports whether it fired anywhere.
     readout: weight [1, 0, 0], bias -0.5. The corner channel's max is a whole number (1 with a
       corner, 0 without), so the logit is +0.5 or -0.5; conv2 ch1, ch2 have weight 0.
+
+    Shapes: images [batch, 1, h, w] (0/1 values, any h, w) -> logits [batch, 1]; sites conv1 and
+    relu1 are [batch, 4, h, w], conv2 and relu2 [batch, 3, h, w], pool [batch, 3].
+
+    For example:
+
+        model = cc.zoo.corner_cnn()
+        images, labels = cc.zoo.corner_images(64)
+        ((model(images)[:, 0] > 0).long() == labels).all()     # tensor(True)
+        model.circuit.relevant           # {("conv1", 0), ("conv1", 1), ("conv2", 0)}
+
+    Raises nothing itself (the weights are set in code); the model raises InputError when it is
+    called on images that are not [batch, 1, h, w].
     """
     model = CornerCNN()
     w1 = torch.zeros(4, 1, 3, 3)
@@ -165,6 +181,16 @@ def corner_images(
     that stop one pixel short of an L or T). Segments are at least 3 pixels long, shapes are at
     least 2 pixels apart (Chebyshev) so none touches another, and no pixel lies on the border. The
     label is how the image was drawn; a distractor that finds no free spot is left out.
+
+    Shapes: images [n, 1, size, size] float32 of 0s and 1s; labels [n] int64.
+
+    For example:
+
+        images, labels = cc.zoo.corner_images(32, size=16, seed=1)
+        images.shape, labels.sum()                      # (32, 1, 16, 16), tensor(16)
+
+    Raises:
+        ConfigError: `n` is not a positive int, or `size` is not an int >= 8.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
         raise ConfigError(f"n must be a positive int (the number of images), got {n!r}")

@@ -127,7 +127,19 @@ class CurveCNN(nn.Module):
 
 
 def curve_cnn() -> CurveCNN:
-    """The trained model (eval mode) with its shipped weights (`WEIGHTS_PATH`)."""
+    """The trained model (eval mode) with its shipped weights (`WEIGHTS_PATH`).
+
+    Shapes: images [batch, 1, h, w] float (trained at 32 x 32) -> logits [batch, 16]; sites
+    conv1, relu1 [batch, 8, h, w], pool1 [batch, 8, h/2, w/2], conv2, relu2 [batch, 16, h/2,
+    w/2], pool2 [batch, 16].
+
+        model = cc.zoo.curve_cnn()
+        batch = cc.zoo.curve_images(256, seed=1)
+        (model(batch.images).argmax(1) == batch.label).float().mean()     # about 0.9
+
+    Raises nothing itself (the weights ship with the package); the model raises InputError when
+    it is called on images that are not float [batch, 1, h, w].
+    """
     from safetensors.torch import load_file
 
     model = CurveCNN()
@@ -136,7 +148,13 @@ def curve_cnn() -> CurveCNN:
 
 
 def curve_class_names() -> list[str]:
-    """The 16 class names by index: "line 0°" .. "line 157.5°", then "curve 0°" .. "curve 315°"."""
+    """The 16 class names by index: "line 0°" .. "line 157.5°", then "curve 0°" .. "curve 315°".
+
+        names = cc.zoo.curve_class_names()
+        names[int(model(images).argmax(1)[0])]          # e.g. "curve 90°", an arch
+
+    Raises nothing.
+    """
     lines = [f"line {a:g}°" for a in LINE_ORIENTATIONS]
     return lines + [f"curve {a:g}°" for a in CURVE_DIRECTIONS]
 
@@ -152,6 +170,16 @@ def curve_images(
     width 1.5 pixels, placed at random with the whole stroke at least 2 pixels from the border
     (so size >= 24), then Gaussian pixel noise of std `noise`. The training script draws from
     another random stream.
+
+    Shapes: `images` [n, 1, size, size] float32; `label`, `kind` [n] int64; `angle`,
+    `curvature` [n] float32 (see `CurveBatch`).
+
+        batch = cc.zoo.curve_images(64, seed=1)
+        arcs = cc.zoo.curve_images(16, label=10, noise=0.0)     # arches, bulging up (90°)
+
+    Raises:
+        ConfigError: `n` is not an int >= 1, `size` not an int >= 24, `noise` not a number in
+            [0, 10], or `label` not None or a class in [0, 16).
     """
     _check_int("n", n, 1)
     _check_int("size", size, 24)
@@ -211,7 +239,17 @@ def sample(
 def line_stimuli(
     orientations: Sequence[float] | Tensor, *, length: float = 20.0, size: int = SIZE
 ) -> Float[Tensor, "n 1 size size"]:
-    """Noise-free lines through the image centre, one image per orientation (degrees), width 1.5."""
+    """Noise-free lines through the image centre, one image per orientation (degrees), width 1.5.
+
+    Shapes: [n, 1, size, size] float32 for n orientations; length in pixels.
+
+        lines = cc.zoo.line_stimuli(torch.arange(0, 180, 7.5))      # 24 orientations
+        tuning = cc.zoo.peak_responses(model, lines, "relu1")      # [24, 8]
+
+    Raises:
+        ConfigError: `orientations` is not a non-empty 1-d sequence of finite numbers, `size`
+            is not an int >= 8, or `length` is not a number in (0, size].
+    """
     theta = _angles(orientations)
     _check_int("size", size, 8)
     _check_number("length", length, 0.0, size, "pixels", open_low=True)
@@ -229,6 +267,15 @@ def arc_stimuli(
     """Noise-free arcs centred in the image, one per bulge direction (degrees), width 1.5.
 
     radius in pixels, span (the arc's angle) in degrees, at most 180.
+
+    Shapes: [n, 1, size, size] float32 for n directions.
+
+        arcs = cc.zoo.arc_stimuli(cc.zoo.CURVE_DIRECTIONS)         # one per curve class
+        cc.zoo.peak_responses(model, arcs, "relu2")[:, 8:].argmax(1)   # tensor([0, ..., 7])
+
+    Raises:
+        ConfigError: `directions` is not a non-empty 1-d sequence of finite numbers, `size` is
+            not an int >= 8, `radius` is not in (0, size / 2] or `span` not in (0, 180].
     """
     phi = _angles(directions)
     _check_int("size", size, 8)
@@ -246,6 +293,17 @@ def peak_responses(
 
     The peak over positions is what a detector reports ("it fired somewhere"), so the tuning of a
     channel to a stimulus family is one column of this table.
+
+    Shapes: images [n, 1, h, w]; the site's activations [n, channel, h', w'] -> [n, channel].
+
+        lines = cc.zoo.line_stimuli(cc.zoo.LINE_ORIENTATIONS)
+        cc.zoo.peak_responses(cc.zoo.curve_cnn(), lines, "relu1").argmax(1)   # each line's channel
+
+    Raises:
+        InputError: the site's activations are not [batch, channel, h, w] (pool2, say), or the
+            model's forward pass fails on `images`.
+        SiteNotFoundError: `site` is not one of the model's.
+        SiteNotFiredError, SiteRepeatedError: the site does not run exactly once per pass.
     """
     act = capture(model, images, sites=[site])[site]
     if act.ndim != 4:

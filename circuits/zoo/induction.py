@@ -101,6 +101,17 @@ def induction_transformer(*, line: Line | None = None) -> nn.Module:
 
     line: "hooked" (HookedTransformer, transformer-lens 3.x) or "bridge" (TransformerBridge); None
     picks HookedTransformer where it exists. `model.induction_heads` is `INDUCTION_HEADS`.
+
+    Shapes: tokens [batch, pos] (pos <= 64, ids < 64) -> logits [batch, pos, 64]; 2 layers of 4
+    heads, d_model 64, d_head 16, no MLPs and no LayerNorm.
+
+        model = cc.zoo.induction_transformer()
+        clean, corrupt, batch = cc.zoo.induction_pair(32)
+        cc.zoo.head_scores(model, batch)["induction"]      # [2, 4]: heads (1, 0), (1, 2) ~0.85
+
+    Raises:
+        ConfigError: line is not "hooked", "bridge" or None, or "hooked" without
+            transformer-lens 3.x.
     """
     from safetensors.torch import load_file
 
@@ -123,6 +134,18 @@ def repeated_tokens(
     The segment (min_len..max_len distinct tokens) starts at a random position and is copied at a
     random later position, after a random gap of zero or more filler tokens. Filler tokens are drawn
     uniformly from the tokens not in the segment, so the repeat is the only way to predict a token.
+
+    Shapes: `tokens`, `is_repeat`, `is_first` [n, seq_len]; `first`, `second`, `length` [n]
+    (see `RepeatBatch`).
+
+        batch = cc.zoo.repeated_tokens(128, seed=1)
+        logits = model(batch.tokens)                       # [128, 64, 64]
+        loss_on_repeats = cc.metrics.cross_entropy(batch.tokens, mask=batch.is_repeat)
+
+    Raises:
+        ConfigError: a size (n, seq_len, min_len, max_len, d_vocab) is not a positive int, seed
+            is not an int >= 0, min_len < 2 or min_len > max_len, seq_len < 2 * max_len, or
+            d_vocab <= max_len.
     """
     _check(n, seq_len, min_len, max_len, d_vocab, seed)
     return sample(n, torch.Generator().manual_seed(seed), seq_len, min_len, max_len, d_vocab)
@@ -143,6 +166,15 @@ def induction_pair(
     first occurrence replaced by fresh random tokens (none from the segment; tokens the sequence
     does not use where there are enough), so the second occurrence has nothing earlier to copy
     from. Only the first occurrence's positions differ.
+
+    Shapes: clean, corrupt [n, seq_len] int64 tokens; the batch as `repeated_tokens`.
+
+        clean, corrupt, batch = cc.zoo.induction_pair(32)
+        metric = cc.metrics.cross_entropy(clean, mask=batch.is_repeat)
+        res = cc.patch(model, clean, corrupt, metric, site="blocks.{L}.attn.hook_z", unit="head")
+
+    Raises:
+        ConfigError: as `repeated_tokens`, for the same arguments.
     """
     batch = repeated_tokens(
         n, seq_len=seq_len, min_len=min_len, max_len=max_len, d_vocab=d_vocab, seed=seed
@@ -207,7 +239,20 @@ def prev_token_score(model: nn.Module, batch: RepeatBatch, layer: int, head: int
 def head_scores(
     model: nn.Module, batch: RepeatBatch
 ) -> dict[Literal["induction", "previous_token"], Tensor]:
-    """Both scores for every head from one forward pass: each a [layer, head] tensor."""
+    """Both scores for every head from one forward pass: each a [layer, head] tensor.
+
+    "induction": `induction_score` of each head, "previous_token": `prev_token_score`, both
+    means of attention weights in [0, 1], read from every layer's `hook_pattern` on
+    `batch.tokens`.
+
+        scores = cc.zoo.head_scores(model, cc.zoo.repeated_tokens(256, seed=1))
+        scores["induction"][1]                             # ~[0.87, 0.06, 0.81, 0.06]
+
+    Raises:
+        ModelError: the model is not a TransformerLens model (it has no cfg).
+        InputError: `batch` is not a RepeatBatch, or the forward pass fails on its tokens (ids
+            beyond the model's d_vocab, more positions than its n_ctx).
+    """
     n_layers = _cfg(model).n_layers
     sites = [f"blocks.{layer}.attn.hook_pattern" for layer in range(n_layers)]
     cache = capture(model, _tokens(model, batch), sites=sites)

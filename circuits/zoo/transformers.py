@@ -40,7 +40,21 @@ def tiny_transformer(
     """A small random TransformerLens model in eval mode, built offline from these settings.
 
     line: "hooked" (HookedTransformer, transformer-lens 3.x only) or "bridge" (TransformerBridge);
-    None picks HookedTransformer where it exists and the bridge otherwise.
+    None picks HookedTransformer where it exists and the bridge otherwise. d_mlp: None gives
+    4 * d_model (no MLPs at all with attn_only). seed: the random weights' seed.
+
+    Shapes: tokens [batch, pos] (ids < d_vocab, pos <= n_ctx) -> logits [batch, pos, d_vocab];
+    hook_z sites are [batch, pos, n_heads, d_head], the residual stream [batch, pos, d_model].
+
+        model = cc.zoo.tiny_transformer(n_layers=1, d_vocab=20, attn_only=True)
+        model(torch.randint(20, (2, 5))).shape              # (2, 5, 20)
+        cc.sites(model, torch.randint(20, (1, 5)))          # every hook point and its axes
+
+    Raises:
+        ConfigError: a size (n_layers, d_model, n_heads, d_head, d_vocab, n_ctx, d_mlp) is not
+            a positive int, seed is not an int >= 0, attn_only is not a bool, act_fn is not a
+            string, normalization_type is not None, "LN", "LNPre", "RMS" or "RMSPre", or line is
+            not "hooked", "bridge" or None ("hooked" needs transformer-lens 3.x).
     """
     for key, value in {
         "n_layers": n_layers,
@@ -94,7 +108,20 @@ def hooked_available() -> bool:
 
 
 def hooked_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """The model's weights in HookedTransformer's layout, whichever class holds them."""
+    """The model's weights in HookedTransformer's layout, whichever class holds them.
+
+    Keys and shapes are HookedTransformer's: `embed.W_E` [d_vocab, d_model],
+    `blocks.L.attn.W_Q` [n_heads, d_model, d_head], `blocks.L.attn.W_O` [n_heads, d_head,
+    d_model], `blocks.L.mlp.W_in` [d_model, d_mlp], `unembed.W_U` [d_model, d_vocab], ...;
+    attention masks and other buffers are left out. The tensors are detached copies.
+
+        weights = cc.zoo.hooked_state_dict(model)
+        safetensors.torch.save_file(weights, "model.safetensors")   # loads into either class
+
+    Raises:
+        ModelError: `model` is not a TransformerLens model (HookedTransformer or
+            TransformerBridge).
+    """
     if not isinstance(model, nn.Module) or getattr(model, "cfg", None) is None:
         raise ModelError(
             f"hooked_state_dict takes a TransformerLens model (HookedTransformer or "
@@ -128,7 +155,19 @@ def hooked_state_dict(model: nn.Module) -> dict[str, Tensor]:
 
 
 def load_weights(model: nn.Module, weights: dict[str, Tensor]) -> nn.Module:
-    """Load HookedTransformer-layout `weights` into `model` (either class); returns the model."""
+    """Load HookedTransformer-layout `weights` into `model` (either class); returns the model.
+
+    `model` is a HookedTransformer or TransformerBridge whose config fits the weights (the
+    layout is `hooked_state_dict`'s); every weight must be given, none may be left over.
+
+        model = cc.zoo.load_weights(cc.zoo.tiny_transformer(**config), weights)
+        twin = cc.zoo.load_weights(cc.zoo.tiny_transformer(line="bridge"),
+                                   cc.zoo.hooked_state_dict(hooked_model))
+
+    Raises:
+        ModelError: the weights do not fit the model (a missing, unexpected or wrongly shaped
+            tensor), e.g. a config with another number of layers.
+    """
     if not _is_bridge(model):
         buffers = {k: v for k, v in model.state_dict().items() if k.endswith((".mask", ".IGNORE"))}
         _strict_load(model, {**weights, **buffers})
