@@ -387,3 +387,14 @@ def test_transformer_direct_effects_between_dictionaries(tiny):
                      target=target, target_pos=-1)  # fmt: skip
     # the same source activation split two ways: the totals agree, bias and error included
     torch.testing.assert_close(res.total, unit.total, rtol=1e-4, atol=1e-4)
+
+
+def test_patch_and_attribution_name_features_alike() -> None:
+    cnn, sae = cc.zoo.curve_cnn(), cc.zoo.curve_sae()
+    basis = sae.as_basis(dim=1)
+    clean, corrupt = cc.zoo.curve_images(4).images, cc.zoo.curve_images(4, seed=3).images
+    metric = lambda out: out[:, 8].sum()  # noqa: E731
+    patched = cc.patch(cnn, clean, corrupt, metric, basis=basis, direction="noise")
+    scored = cc.attribute(cnn, clean, corrupt, metric, method="attribution_patching", basis=basis)
+    assert scored.coords["feature"] == (*basis.labels, "error")
+    assert list(patched.to_frame()["feature"]) == list(scored.to_frame()["feature"])

@@ -259,6 +259,9 @@ def _node_result(
         out["site"] = tuple(names)
     longest = [max((c[i] for c in chosen), key=len) for i in range(len(axes))]
     out.update({a: tuple(c) for a, c in zip(axes, longest, strict=True)})
+    if basis is not None:  # features by name, as patching labels them
+        names_of = (*basis.labels, "error")
+        out["feature"] = tuple(names_of[i] for i in out["feature"])
     all_axes = ((lead,) if lead else ()) + axes
     return AttributionResult(scores=scores, axes=all_axes, coords=out, node_table=node_rows, **meta)
 

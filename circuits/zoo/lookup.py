@@ -100,7 +100,7 @@ LOOKUP_TABLE: tuple[tuple[int, ...], ...] = (
     (3, 6, 13, 10, 8, 15, 14, 0, 12, 7, 5, 2, 11, 1, 4, 9),
     (14, 12, 0, 7, 10, 8, 2, 11, 3, 13, 9, 4, 5, 6, 15, 1),
 )
-"""The answer for (previous symbol a, current symbol b) is LOOKUP_TABLE[a][b]: a random Latin
+"""The answer for (previous symbol a, current symbol b) is `LOOKUP_TABLE[a][b]`: a random Latin
 square of order 16, `latin_square(16, seed=0)` (no group structure, so nothing to learn but the
 256 entries)."""
 
