@@ -16,7 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from circuits.errors import ConfigError, InputError, OutputError, SchemaError
+from safetensors import SafetensorError, safe_open
+
+from circuits.errors import CircuitsError, ConfigError, InputError, OutputError, SchemaError
 
 PathLike = str | os.PathLike[str]
 
@@ -83,3 +85,18 @@ def atomic_open(path: PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def open_safetensors(file: Path, what: str, fix: str) -> Iterator[Any]:
+    """`file` opened with safetensors (no code runs, no pickle); any failure to parse it is a
+    SchemaError naming the file, what it should be (`what`) and how to fix it (`fix`)."""
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            yield f
+    except CircuitsError:
+        raise
+    except (SafetensorError, OSError, ValueError) as err:
+        raise SchemaError(
+            f"{file} is not a readable safetensors {what} ({str(err)[:120]}); {fix}"
+        ) from None

@@ -11,7 +11,6 @@ the index claims must be the rows the tensors have; anything else is a SchemaErr
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sized
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import save
 from torch import Tensor, nn
 
@@ -27,14 +26,13 @@ from circuits.capture.activations import capture
 from circuits.capture.cache import ActivationCache
 from circuits.checks import check_int
 from circuits.errors import (
-    CircuitsError,
     ConfigError,
     InputError,
     SchemaError,
     SiteNotFoundError,
     closest,
 )
-from circuits.files import as_path, atomic_open, confined, read_json
+from circuits.files import as_path, atomic_open, confined, open_safetensors, read_json
 from circuits.loops import progress_bar
 from circuits.site import Site
 
@@ -226,18 +224,9 @@ def _shard_list(folder: Path, index_file: Path, shards: Any) -> list[tuple[Path,
     return out
 
 
-@contextlib.contextmanager
-def _open(file: Path) -> Iterator[Any]:
-    """A shard opened for reading; any failure to parse it is a SchemaError naming it."""
-    try:
-        with safe_open(str(file), framework="pt") as f:
-            yield f
-    except CircuitsError:
-        raise
-    except (SafetensorError, OSError, ValueError) as err:
-        raise SchemaError(
-            f"{file} is not a readable safetensors shard ({str(err)[:120]}); capture again"
-        ) from None
+def _open(file: Path) -> Any:
+    """`file` opened as safetensors; any failure to parse it is a SchemaError naming it."""
+    return open_safetensors(file, "shard", "capture again")
 
 
 def _tensor(f: Any, key: str, file: Path, rows: int) -> Tensor:

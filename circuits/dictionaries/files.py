@@ -29,21 +29,19 @@ circuit-tracer's config.yaml. cfg.json beside it still describes the dictionary 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, cast
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import save
 from torch import Tensor
 
-from circuits.errors import CircuitsError, ConfigError, InputError, OutputError, SchemaError
-from circuits.files import as_path, atomic_open, read_json
+from circuits.errors import ConfigError, InputError, OutputError, SchemaError
+from circuits.files import as_path, atomic_open, open_safetensors, read_json
 from circuits.options import check_choice
 
 from .config import Activation, DictionaryConfig, Kind
@@ -325,18 +323,9 @@ def _read_weights(file: Path, c: DictionaryConfig, layout: Layout) -> dict[str, 
     return out
 
 
-@contextlib.contextmanager
-def _open(file: Path) -> Iterator[Any]:
+def _open(file: Path) -> Any:
     """`file` opened as safetensors; any failure to parse it is a SchemaError naming it."""
-    try:
-        with safe_open(str(file), framework="pt") as f:
-            yield f
-    except CircuitsError:
-        raise
-    except (SafetensorError, OSError, ValueError) as err:
-        raise SchemaError(
-            f"{file} is not a readable safetensors file ({str(err)[:120]}); save it again"
-        ) from None
+    return open_safetensors(file, "file", "save it again")
 
 
 def _tensor(f: Any, key: str, file: Path) -> Tensor:
