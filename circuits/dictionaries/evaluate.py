@@ -78,7 +78,8 @@ def evaluate_dictionary(
                                metric=cc.metrics.cross_entropy(tokens))["recovered"]
 
     Raises:
-        ConfigError: some but not all of model, inputs and metric; no site to splice at.
+        ConfigError: `dictionary` is not a Dictionary; batch_size not a positive int or dense
+            not in [0, 1]; some but not all of model, inputs and metric; no site to splice at.
         ShapeMismatchError: activations whose widths are not the dictionary's.
         SiteNotFoundError, InputError: as `train_dictionary` raises them for `acts`, and as the
             hook engine raises them for a splice (a site the model lacks or that never runs).

@@ -95,8 +95,9 @@ def save_dictionary(
         save_dictionary(d, "sae/")                    # SAE.load_from_disk("sae/") reads it too
         save_dictionary(t, "tc/", layout="circuit-tracer")
 
-    Raises InputError when `d` is not a Dictionary; ConfigError when `folder` already holds one
-    (pass overwrite=True) or circuit-tracer cannot hold `d` (it reads relu and jumprelu
+    Raises InputError when `d` is not a Dictionary or `folder` is not a path; ConfigError for a
+    layout other than "saelens" or "circuit-tracer", when `folder` already holds one
+    (pass overwrite=True) or when circuit-tracer cannot hold `d` (it reads relu and jumprelu
     transcoders from d_model to d_model); OutputError when the folder cannot be written.
     """
     if not isinstance(d, Dictionary):
@@ -129,7 +130,8 @@ def load_dictionary(folder: str | os.PathLike[str]) -> Dictionary:
         d = load_dictionary("sae/")
         z = d.encode(acts)
 
-    Raises ConfigError when `folder` is not a folder, and SchemaError when what it holds is not a
+    Raises InputError when `folder` is not a path, ConfigError when it is not a folder, and
+    SchemaError when what it holds is not a
     dictionary this reads: no cfg.json, invalid JSON, an unsupported architecture, activation,
     input normalization or dtype, a weights file that is missing or not safetensors, a tensor
     missing, extra, not float, or of a shape cfg.json disagrees with.

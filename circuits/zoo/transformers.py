@@ -212,7 +212,8 @@ def _strict_load(model: nn.Module, state: dict[str, Tensor]) -> None:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise ModelError(
-            f"these weights do not fit {type(model).__name__} with config {model.cfg}: {err}"  # type: ignore[union-attr]
+            f"these weights do not fit {type(model).__name__} with config "
+            f"{getattr(model, 'cfg', None)}: {err}"
         ) from err
 
 
