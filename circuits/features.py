@@ -24,19 +24,28 @@ direction basis it is `act` projected onto the directions when they are orthonor
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import InitVar, dataclass, field
+from functools import partial
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from jaxtyping import Float
-from torch import Tensor
+from torch import Tensor, nn
 
+from circuits.capture.ablation import Baseline, ablated
 from circuits.errors import ConfigError, InputError, ShapeMismatchError
 from circuits.options import warn_renamed
 from circuits.site import Site
 
-__all__ = ["DirectionBasis", "FeatureBasis", "UnitBasis", "check_basis", "coordinates"]
+__all__ = [
+    "DirectionBasis",
+    "FeatureBasis",
+    "UnitBasis",
+    "ablated_coordinates",
+    "check_basis",
+    "coordinates",
+]
 
 Which = int | Sequence[int] | Tensor | None
 
@@ -292,6 +301,26 @@ def coordinates(basis: FeatureBasis, act: Tensor) -> Tensor:
     """
     coeffs = basis.encode(act)
     return torch.cat([coeffs, act - basis.decode(coeffs)], dim=basis.dim)
+
+
+def ablated_coordinates(
+    model: nn.Module, basis: FeatureBasis, baseline: Baseline, clean: Any, corrupt: Any, *,
+    batch: int, like: Mapping[str, Tensor], metric: Any = None,
+) -> tuple[Tensor, float | None]:  # fmt: skip
+    """What the features and the error term take when patched or ablated, in feature coordinates
+    ([batch or 1, ...]), and the metric on the reference run when it is the corrupted run: the
+    baseline's values (`circuits.capture.ablated`) of `coordinates`, so "mean" is each
+    coefficient's mean and "zero" sets coefficients and error to zero.
+
+        values, _ = ablated_coordinates(model, basis, Baseline(ablation="zero"), clean, None,
+                                        batch=len(clean), like={basis.site: act})
+
+    Raises what `circuits.capture.ablated` raises.
+    """
+    site = str(basis.site)
+    values, value = ablated(model, [site], baseline, clean, corrupt, batch=batch, metric=metric,
+                            like=like, transform=partial(coordinates, basis))  # fmt: skip
+    return values[site], value
 
 
 def _set_labels(

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Literal, get_args
 
 import einops
@@ -20,9 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from circuits.capture import Baseline, ablated
 from circuits.errors import ConfigError, ShapeMismatchError
-from circuits.features import FeatureBasis, UnitBasis, coordinates
+from circuits.features import FeatureBasis, UnitBasis
 from circuits.hooks import run
 from circuits.ids import NodeId, block_of, node_kind, node_row, unit_node
 from circuits.inputs import repeat, split
@@ -209,20 +207,6 @@ def feature_site(basis: FeatureBasis, info: Site) -> Site:
     axes, shape = list(info.axes), list(info.shape)
     axes[dim], shape[dim] = "feature", basis.n_features + 1
     return Site(info.name, tuple(axes), tuple(shape))
-
-
-def feature_values(
-    model: nn.Module, basis: FeatureBasis, baseline: Baseline, clean: Any, corrupt: Any, *,
-    batch: int, like: Mapping[str, Tensor], metric: MetricFn | None = None,
-) -> tuple[Tensor, float | None]:  # fmt: skip
-    """What the features and the error term take when patched or ablated, in feature coordinates
-    ([batch or 1, ...]), and the metric on the reference run when it is the corrupted run: the
-    baseline's values (`circuits.capture.ablated`) of `coordinates`, so "mean" is each
-    coefficient's mean and "zero" sets coefficients and error to zero."""
-    site = str(basis.site)
-    values, value = ablated(model, [site], baseline, clean, corrupt, batch=batch, metric=metric,
-                            like=like, transform=partial(coordinates, basis))  # fmt: skip
-    return values[site], value
 
 
 def feature_node(

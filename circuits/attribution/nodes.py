@@ -36,7 +36,7 @@ from circuits.adapters.torch_module import generic_axes
 from circuits.adapters.transformer_lens import is_transformer_lens
 from circuits.capture import Baseline, ablated, ablated_input, capture
 from circuits.errors import ConfigError, InputError, ShapeMismatchError
-from circuits.features import FeatureBasis
+from circuits.features import FeatureBasis, ablated_coordinates, coordinates
 from circuits.hooks import run
 from circuits.ids import metric_node, unit_node
 from circuits.inputs import batch_size
@@ -48,12 +48,10 @@ from circuits.units import UnitSpec, parse_unit
 from .common import (
     DEFAULT_MAX_BATCH,
     POINTS,
-    coordinates,
     feature_act,
     feature_kind,
     feature_node,
     feature_site,
-    feature_values,
     fold,
     fold_error,
     path_runs,
@@ -130,7 +128,7 @@ def _score_features(
     ran = capture(model, base, sites=[name], grads=True, metric=metric)
     info, kind = feature_site(basis, ran.sites[name]), _kind(basis, ran.sites[name])
     reference = cfg if cfg.direction == "noise" else Baseline(ablation="patch")
-    p_source, source_value = feature_values(
+    p_source, source_value = ablated_coordinates(
         model, basis, reference, base, source, batch=batch_size(base), like=ran, metric=metric
     )
     p = coordinates(basis, ran[name])
@@ -182,7 +180,7 @@ def score_ig(
         else:
             kind = _kind(basis, info)
             info, act = feature_site(basis, info), coordinates(basis, act)
-            values_p, _ = feature_values(model, basis, reference, clean, corrupt,
+            values_p, _ = ablated_coordinates(model, basis, reference, clean, corrupt,
                                          batch=batch_size(clean), like=clean_run)  # fmt: skip
             baseline, to_site = values_p.expand_as(act), partial(feature_act, basis)
         at_base = run(model, clean, replace={name: to_site(baseline)}).output

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from circuits.adapters.transformer_lens import check_editable
 from circuits.capture import Baseline, ablated, ablation_values, capture
 from circuits.errors import ConfigError, ShapeMismatchError
-from circuits.features import FeatureBasis, check_basis
+from circuits.features import FeatureBasis, ablated_coordinates, check_basis
 from circuits.hooks.variants import Budget, SitePatch, base_run
 from circuits.inputs import check_pair
 from circuits.loops import chunks, progress_bar
@@ -31,7 +31,7 @@ from circuits.options import Ablation, Direction, check_choice, configure, runs
 from circuits.site import Site, expand_sites, resolve
 from circuits.units import UnitSpec, parse_unit, unit_mask
 
-from .features import FeaturePatches, feature_nodes, feature_units, feature_values
+from .features import FeaturePatches, feature_nodes, feature_units
 from .result import PatchingResult
 
 
@@ -151,7 +151,7 @@ def patch(
     if basis is not None:
         units = [feature_units(basis, sites[0], unit)]
         given = baseline if ablation is not None else Baseline(ablation="patch")
-        at, source_value = feature_values(
+        at, source_value = ablated_coordinates(
             model, basis, given, base, source, batch=run.batch, like=run.acts, metric=metric
         )
         write = FeaturePatches(basis, run.acts[names[0]], at).site_patch

@@ -9,20 +9,16 @@ mean and "zero" sets coefficients and error to 0 (`circuits.capture.Baseline` fo
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
-from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from circuits.capture import Baseline, ablated
 from circuits.errors import ConfigError, ShapeMismatchError
-from circuits.features import FeatureBasis, UnitBasis, coordinates
+from circuits.features import FeatureBasis, UnitBasis
 from circuits.hooks.variants import SitePatch
 from circuits.ids import node_kind
-from circuits.metrics import MetricFn
 from circuits.site import Site
 from circuits.units import UnitSpec, parse_unit, unit_mask
 
@@ -46,18 +42,6 @@ def feature_units(
             f"own axis {info.axes[dim]!r} is its features. Got unit={unit!r}"
         )
     return ("feature", *axes), [list(range(basis.n_features + 1)), *coords]
-
-
-def feature_values(
-    model: nn.Module, basis: FeatureBasis, baseline: Baseline, base: Any, source: Any, *,
-    batch: int, like: Mapping[str, Tensor], metric: MetricFn,
-) -> tuple[Tensor, float | None]:  # fmt: skip
-    """The features' and error term's source values in feature coordinates ([batch or 1, ...]),
-    from the run the baseline names, and its metric when that is the corrupted run."""
-    site = str(basis.site)
-    values, value = ablated(model, [site], baseline, base, source, batch=batch, metric=metric,
-                            like=like, transform=partial(coordinates, basis))  # fmt: skip
-    return values[site], value
 
 
 @dataclass(frozen=True)

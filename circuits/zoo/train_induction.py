@@ -38,7 +38,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from circuits.hooks import hooks
 from circuits.zoo.induction import (
@@ -50,7 +49,7 @@ from circuits.zoo.induction import (
     repeated_tokens,
     sample,
 )
-from circuits.zoo.transformers import Line, hooked_state_dict, load_weights, tiny_transformer
+from circuits.zoo.transformers import Line, fit, hooked_state_dict, load_weights, tiny_transformer
 
 __all__ = ["evaluate", "init_weights", "main", "next_token_loss", "train"]
 
@@ -103,43 +102,21 @@ def train(
     learning rate warms up over 100 steps, holds, and decays on a cosine to a tenth over the last
     40% of all steps. Same seed and settings, same weights (same machine and torch build).
     """
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        return _train(seed, steps, skip_steps, batch_size, lr, line, progress)
-    finally:
-        torch.use_deterministic_algorithms(deterministic)
-
-
-def _train(
-    seed: int,
-    steps: int,
-    skip_steps: int,
-    batch_size: int,
-    lr: float,
-    line: Line | None,
-    progress: bool,
-) -> tuple[nn.Module, list[float]]:
     model = load_weights(tiny_transformer(**CONFIG, line=line), init_weights(seed)).train()
     data = torch.Generator().manual_seed(10_000 + seed)
     skip_map = torch.randperm(CONFIG["d_vocab"], generator=data)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY)
     total = skip_steps + steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: _lr_factor(step, total))
-    losses: list[float] = []
-    bar = tqdm(range(total), disable=not progress, desc="train induction")
-    for step in bar:
+
+    def loss_at(step: int) -> Tensor:
         if step < skip_steps:
             tokens = _skip_bigrams(batch_size, data, SHORT, skip_map)
         else:
             tokens = _repeats(batch_size, data, seq_len_at(step - skip_steps)).tokens
-        loss = next_token_loss(model, tokens)[:, 1:].mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+        return next_token_loss(model, tokens)[:, 1:].mean()
+
+    losses = fit(model, opt, sched, total, loss_at, desc="train induction", progress=progress)
     return model.eval(), losses
 
 

@@ -45,7 +45,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from circuits.hooks import hooks
 from circuits.zoo.lookup import (
@@ -61,7 +60,7 @@ from circuits.zoo.lookup import (
     previous_token_scores,
     sample,
 )
-from circuits.zoo.transformers import Line, hooked_state_dict, load_weights, tiny_transformer
+from circuits.zoo.transformers import Line, fit, hooked_state_dict, load_weights, tiny_transformer
 
 __all__ = ["evaluate", "init_weights", "lookup_loss", "main", "train"]
 
@@ -108,41 +107,18 @@ def train(
     the learning rate `lr`) and the next `fade_steps` fading the rest in (at AFTER_WARM x lr); see
     the module docstring. Same seed and settings, same weights (same machine and torch build).
     """
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        return _train(seed, steps, warm_steps, fade_steps, batch_size, lr, line, progress)
-    finally:
-        torch.use_deterministic_algorithms(deterministic)
-
-
-def _train(
-    seed: int,
-    steps: int,
-    warm_steps: int,
-    fade_steps: int,
-    batch_size: int,
-    lr: float,
-    line: Line | None,
-    progress: bool,
-) -> tuple[nn.Module, list[float]]:
     model = load_weights(tiny_transformer(**CONFIG, line=line), init_weights(seed)).train()
     data = torch.Generator().manual_seed(10_000 + seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: _lr_factor(step, steps, warm_steps))
-    losses: list[float] = []
-    bar = tqdm(range(steps), disable=not progress, desc="train lookup")
-    for step in bar:
+
+    def loss_at(step: int) -> Tensor:
         batch = sample(batch_size, data, SEQ_LEN)
         fade = min(1.0, max(0.0, (step - warm_steps) / max(1, fade_steps)))
         with hooks(model, _faded(fade) if fade < 1 else {}):
-            loss = lookup_loss(model, batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-        bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+            return lookup_loss(model, batch)
+
+    losses = fit(model, opt, sched, steps, loss_at, desc="train lookup", progress=progress)
     return model.eval(), losses
 
 

@@ -9,10 +9,12 @@ either class, so one safetensors file serves both lines.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from circuits.checks import check_int
 from circuits.errors import ConfigError, ModelError
@@ -229,3 +231,34 @@ def _hooked(config: dict[str, Any]) -> nn.Module:
         warnings.simplefilter("ignore", DeprecationWarning)
         with torch.random.fork_rng():  # seed the weights without touching the caller's RNG
             return HookedTransformer(HookedTransformerConfig(**config))
+
+
+def fit(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    steps: int,
+    loss_at: Callable[[int], Tensor],
+    *,
+    desc: str,
+    progress: bool,
+) -> list[float]:
+    """The zoo's training loop: `steps` optimiser steps on `loss_at(step)`, with deterministic
+    algorithms on for the loop (and the caller's setting restored); returns each step's loss.
+    Same seed, same weights (same machine and torch build)."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        losses: list[float] = []
+        bar = tqdm(range(steps), disable=not progress, desc=desc)
+        for step in bar:
+            loss = loss_at(step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+        return losses
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
