@@ -10,7 +10,7 @@ export PYTHONUNBUFFERED := 1
 .PHONY: demo test lint typecheck unit tl3 notebooks docs bench clean
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/circuits demo
+	$(VENV)/bin/circuits demo --features
 
 test: lint typecheck unit tl3 docs
 

@@ -26,7 +26,7 @@ if any(  # ours is circuits-mi, or (in an old checkout) "circuits" with our summ
     )
 del _metadata
 
-from circuits import metrics, toy, zoo
+from circuits import manifolds, metrics, toy, zoo
 from circuits.attribution import AttributionResult, attribute
 from circuits.capture import (
     ActivationCache,
@@ -40,9 +40,11 @@ from circuits.dictionaries import (
     Dictionary,
     DictionaryBasis,
     DictionaryConfig,
+    TopExamples,
     evaluate_dictionary,
     load_dictionary,
     save_dictionary,
+    top_examples,
     train_dictionary,
 )
 from circuits.discover import discover
@@ -60,6 +62,7 @@ from circuits.errors import (
     SiteRepeatedError,
 )
 from circuits.faithfulness import faithfulness
+from circuits.featuregraph import FeatureGraphOptions, feature_faithfulness, feature_graph
 from circuits.features import DirectionBasis, FeatureBasis, UnitBasis
 from circuits.graph import (
     build_graph,
@@ -74,8 +77,16 @@ from circuits.graph import (
 )
 from circuits.hooks import hook_count, hooks
 from circuits.patching import Node, PatchingResult, heads, node, patch, path_patch, steer
-from circuits.probes import ProbeConfig, ProbeResult, fit_probe, plot_probe_sweep, probe_sweep
+from circuits.probes import (
+    ProbeConfig,
+    ProbeResult,
+    Subspace,
+    fit_probe,
+    plot_probe_sweep,
+    probe_sweep,
+)
 from circuits.site import Site
+from circuits.sweep import SweepError, SweepResult, sweep
 
 __version__ = "0.1.0"
 
@@ -90,6 +101,7 @@ __all__ = [
     "DirectionBasis",
     "DiskCache",
     "FeatureBasis",
+    "FeatureGraphOptions",
     "InputError",
     "MetricError",
     "ModelError",
@@ -104,6 +116,10 @@ __all__ = [
     "SiteNotFiredError",
     "SiteNotFoundError",
     "SiteRepeatedError",
+    "Subspace",
+    "SweepError",
+    "SweepResult",
+    "TopExamples",
     "UnitBasis",
     "__version__",
     "attribute",
@@ -115,6 +131,8 @@ __all__ = [
     "evaluate_dictionary",
     "export_neuronpedia",
     "faithfulness",
+    "feature_faithfulness",
+    "feature_graph",
     "fit_probe",
     "graph_frames",
     "heads",
@@ -123,6 +141,7 @@ __all__ = [
     "load_cache",
     "load_dictionary",
     "load_graph",
+    "manifolds",
     "metrics",
     "node",
     "patch",
@@ -136,6 +155,8 @@ __all__ = [
     "save_html",
     "sites",
     "steer",
+    "sweep",
+    "top_examples",
     "toy",
     "train_dictionary",
     "zoo",

@@ -1,6 +1,8 @@
 """The `circuits` command.
 
-circuits demo [--out DIR]     discover the embedded induction model's circuit and export it
+circuits demo [--out DIR] [--features]
+                              discover the embedded induction model's circuit and export it;
+                              with --features, its feature circuit over the zoo's SAEs too
 circuits show FILE [--out F]  render a saved graph (.json, .graphml, .gexf) to HTML
 circuits convert IN OUT       convert a graph file to another format (chosen by suffix)
 
@@ -24,7 +26,7 @@ def demo(out: Path) -> None:
     EAP-IG scores every edge of the model's graph (embeddings, heads, logits) for the next-token
     loss on repeated tokens, against a corrupted input whose first occurrence is replaced;
     `discover` keeps the fewest strongest edges whose faithfulness reaches 0.8, and the circuit is
-    written as JSON, GraphML and a self-contained HTML page.
+    written as JSON, GraphML and an HTML page (with plotly.js written once beside it).
     """
     import circuits as cc
     from circuits.errors import ConfigError
@@ -64,6 +66,36 @@ def demo(out: Path) -> None:
     print(f"wrote {cc.save_html(circuit, out / 'induction-circuit.html')}")
 
 
+def demo_features(out: Path) -> None:
+    """The feature circuit of one repeated sequence: the same model, its residual stream read by
+    the zoo's SAEs (after layers 0 and 1), each edge a direct effect in the replacement model.
+    Written as circuit-tracer's attribution-graph JSON and an HTML page."""
+    import circuits as cc
+
+    model = cc.zoo.induction_transformer()
+    clean = cc.zoo.induction_pair(1, seed=0)[0][:, :48]  # ends inside the repeated segment
+    saes = [cc.zoo.induction_sae(0), cc.zoo.induction_sae(1)]
+    g = cc.feature_graph(model, clean, saes, node_threshold=0.9, progress=False)
+    kinds = [a["kind"] for _, a in g.nodes(data=True)]
+    print(
+        f"\nfeature circuit of one repeated sequence ({clean.shape[1]} tokens) over the SAEs "
+        f"after layers 0 and 1: {kinds.count('feature')} features, {kinds.count('error')} "
+        f"error nodes, {g.number_of_edges()} edges; replacement score "
+        f"{g.graph['replacement_score']:.2f}, completeness {g.graph['completeness_score']:.2f}, "
+        f"faithfulness {g.graph['faithfulness']:.2f}"
+    )
+    top = sorted(
+        (k for k, a in g.nodes(data=True) if a["kind"] in ("feature", "error")),
+        key=lambda k: -g.nodes[k]["influence"],
+    )
+    for key in top[:8]:
+        a = g.nodes[key]
+        print(f"  {key:<34} influence {a['influence']:.3f} activation {a['activation']:.2f}")
+    json_path = cc.save_graph(g, out / "induction-features.json", format="attribution-graph")
+    print(f"wrote {json_path} (circuit-tracer / Neuronpedia JSON)")
+    print(f"wrote {cc.save_html(g, out / 'induction-features.html')}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="circuits", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -76,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=Path("circuits-demo"),
         help="folder for the files the demo writes (default: circuits-demo)",
+    )
+    run_demo.add_argument(
+        "--features",
+        action="store_true",
+        help="also build the model's feature circuit over the zoo's SAEs",
     )
     show = commands.add_parser("show", help="render a saved graph to HTML")
     show.add_argument("file", type=Path)
@@ -90,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "demo":
             demo(args.out)
+            if args.features:
+                demo_features(args.out)
         elif args.command == "show":
             out = args.out or args.file.with_suffix(".html")
             _not_onto(args.file, out)

@@ -6,12 +6,13 @@ import networkx as nx
 import pytest
 
 from circuits.cli import main
+from circuits.graph import load_graph
 from circuits.zoo import INDUCTION_HEADS
 
 
 @pytest.mark.transformer
 def test_demo_writes_the_induction_circuit(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "--out", str(tmp_path), "--features"]) == 0
     g = nx.read_graphml(tmp_path / "induction-circuit.graphml")  # networkx's own reader
     prev, ind = INDUCTION_HEADS["previous_token"], INDUCTION_HEADS["induction"]
     labels = {g.nodes[n]["label"]: n for n in g}
@@ -20,6 +21,10 @@ def test_demo_writes_the_induction_circuit(tmp_path, capsys):
     assert float(g.graph["faithfulness"]) >= 0.8
     out = capsys.readouterr().out
     assert "induction head" in out and f"faithfulness {g.graph['faithfulness']:.2f}" in out
+    features = load_graph(tmp_path / "induction-features.json")  # the attribution-graph JSON
+    assert {a["kind"] for _, a in features.nodes(data=True)} >= {"input", "feature", "output"}
+    assert f"completeness {features.graph['completeness_score']:.2f}" in out
+    assert (tmp_path / "induction-features.html").stat().st_size < 2_000_000
 
 
 def test_show_and_convert(tmp_path, capsys):

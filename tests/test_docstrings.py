@@ -41,6 +41,9 @@ PUBLIC = [
     "circuits.graph",
     "circuits.faithfulness",
     "circuits.dictionaries",
+    "circuits.featuregraph",
+    "circuits.manifolds",
+    "circuits.sweep",
     "circuits.toy",
     "circuits.zoo",
 ]

@@ -1,5 +1,6 @@
 """Saving and loading: exact round trips in every format, networkx's readers, atomic writes,
-corrupted files, and the Neuronpedia / circuit-tracer frontend export."""
+corrupted files, and the Neuronpedia / circuit-tracer frontend export (its schema, node ids and
+round trip: tests/test_attribution_graph_json.py)."""
 
 from __future__ import annotations
 
@@ -247,14 +248,16 @@ def test_neuronpedia_export(tmp_path: Path) -> None:
     assert meta["prompt_tokens"] == ["The", ' cat\n"quoted" ü 猫']
     assert meta["prompt"] == "The cat sat" and meta["node_threshold"] == 1.0
     assert meta["schema_version"] == 1 and meta["transcoder_list"] == []
+    assert meta["circuits"]["graph"]["method"] == "eap-ig"
     assert data["qParams"] == {"pinnedIds": [], "supernodes": [], "linkType": "both",
                                "clickedId": "", "sg_pos": ""}  # fmt: skip
     nodes = {n["node_id"]: n for n in data["nodes"]}
     assert len(nodes) == g.number_of_nodes()
     fields = {"node_id", "feature", "layer", "ctx_idx", "feature_type", "token_prob",
               "is_target_logit", "run_idx", "reverse_ctx_idx", "jsNodeId", "clerp", "influence",
-              "activation"}  # fmt: skip
+              "activation", "circuits"}  # fmt: skip
     assert all(set(n) == fields for n in nodes.values())
+    assert nodes["E_464_0"]["circuits"]["key"] == "tok@0"
     emb = nodes["E_464_0"]
     assert (
         emb["feature_type"] == "embedding" and emb["layer"] == "E" and emb["jsNodeId"] == "E_464-0"
@@ -274,6 +277,7 @@ def test_neuronpedia_export(tmp_path: Path) -> None:
         ("0_-1_1", "3_1234_1")}  # fmt: skip
     listing = json.loads((tmp_path / "graph-metadata.json").read_text())
     assert [m["slug"] for m in listing["graphs"]] == ["circuit"]
+    assert set(listing["graphs"][0]) == set(meta) - {"circuits"}
     export_neuronpedia(g, tmp_path / "circuit.json", index=True, slug="circuit", scan="s")
     listing = json.loads((tmp_path / "graph-metadata.json").read_text())
     assert [m["scan"] for m in listing["graphs"]] == ["s"]

@@ -477,3 +477,112 @@ def test_repeat_is_in_the_induction_heads_norm_not_a_direction(transformer):
     norm = (z @ transformer.W_O[layer, head].detach()).norm(dim=-1, keepdim=True)
     read = fit_probe(norm, y)
     assert read.test_score >= 0.8  # measured 0.91-0.93
+
+
+# --- rank-k probes and subspaces ---------------------------------------------------------------
+
+
+def planted_ring(n: int, d: int, period: int, *, noise: float, seed: int):
+    """Labels 0 .. period - 1 written on a circle in a random plane (known), plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, period, (n,), generator=g)
+    plane = torch.linalg.qr(torch.randn(d, 2, generator=g, dtype=torch.float64))[0].T.float()
+    theta = 2 * math.pi * y / period
+    x = torch.stack([theta.cos(), theta.sin()], 1) @ plane + noise * torch.randn(n, d, generator=g)
+    return x, y, plane
+
+
+def test_rank_one_probe_is_the_plain_probe():
+    x, y = gaussian_classes(600, 12, 2, sep=3.0, seed=4)
+    plain, ranked = fit_probe(x, y), fit_probe(x, y, rank=1)
+    assert torch.equal(plain.direction, ranked.direction) and torch.equal(plain.bias, ranked.bias)
+    assert ranked.test_score == plain.test_score and ranked.train_score == plain.train_score
+    sub = ranked.as_subspace()
+    assert isinstance(sub, cc.Subspace) and sub.n_features == 1
+    unit = plain.direction[0] / plain.direction[0].norm()
+    assert torch.allclose(sub.directions[0], unit, atol=1e-6)  # same direction, same sign
+    target = x[:, 0] - 0.5 * x[:, 3]  # regression: one target, rank 1 is the ridge probe itself
+    lin, lin1 = fit_probe(x, target, kind="linear"), fit_probe(x, target, kind="linear", rank=1)
+    assert torch.equal(lin.direction, lin1.direction) and lin.test_score == lin1.test_score
+
+
+def test_circular_probe_finds_the_planted_plane_and_circle():
+    # A decoder's weights on the 14 directions without signal are off by about
+    # sqrt(14 / n) radians whatever the noise level (filters, not patterns): 4,000 rows, 4 deg.
+    x, y, plane = planted_ring(4000, 16, 7, noise=0.05, seed=0)
+    probe = fit_probe(x, y, kind="linear", period=7)
+    assert probe.direction.shape == (2, 16) and probe.test_score > 0.95  # R^2 of (cos, sin)
+    sub = probe.as_subspace()
+    assert sub.n_features == 2 and float(sub.principal_angles(plane).max()) < 8
+    gram = sub.directions @ sub.directions.T
+    assert torch.allclose(gram, torch.eye(2), atol=1e-5)  # orthonormal
+    circle = cc.manifolds.circularity(sub.encode(x), y, period=7)
+    assert circle.score > 0.99
+
+
+def test_reduced_rank_keeps_the_subspace_the_classes_live_in():
+    # 7 classes on a circle: the class-weight matrix has rank 6, the information rank 2.
+    x, y, plane = planted_ring(2000, 16, 7, noise=0.05, seed=1)
+    full, two, one = fit_probe(x, y), fit_probe(x, y, rank=2), fit_probe(x, y, rank=1)
+    assert torch.linalg.matrix_rank(two.direction - two.direction.mean(0)) == 2
+    assert two.test_score > 0.95 and two.test_score >= full.test_score - 0.02
+    assert one.test_score < two.test_score  # a line holds less of a circle
+    means = fit_probe(x, y, kind="mass_mean", rank=2)  # class means: the pattern, not a filter
+    assert float(means.as_subspace().principal_angles(plane).max()) < 2
+    scores = two.scores(x)  # the refit probe's directions act on raw activations directly
+    expected = x @ two.direction.T + two.bias
+    assert torch.allclose(scores, expected, atol=1e-4)
+
+
+def test_subspace_geometry_against_hand_computed_values():
+    e = torch.eye(4)
+    sub = cc.Subspace(torch.stack([2 * e[0], e[0] + e[1]]))  # orthonormalised in order
+    assert torch.allclose(sub.directions, e[:2], atol=1e-6)
+    tilt = torch.stack([e[0], math.cos(0.3) * e[1] + math.sin(0.3) * e[2]])
+    angles = sub.principal_angles(tilt)
+    assert torch.allclose(angles, torch.tensor([0.0, math.degrees(0.3)]), atol=1e-3)
+    assert float(sub.principal_angles(e[2:]).min()) == pytest.approx(90.0, abs=1e-4)
+    act = torch.tensor([[1.0, 0.0, 5.0, -2.0]])
+    turned = sub.rotate(act, math.pi / 2)
+    assert torch.allclose(turned, torch.tensor([[0.0, 1.0, 5.0, -2.0]]), atol=1e-6)
+    assert torch.allclose(sub.rotate(turned, -math.pi / 2), act, atol=1e-6)
+    about = sub.rotate(act, math.pi, centre=torch.tensor([1.0, 1.0]))  # (1, 0) about (1, 1)
+    assert torch.allclose(about, torch.tensor([[1.0, 2.0, 5.0, -2.0]]), atol=1e-6)
+    assert torch.allclose(sub.project(act), torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
+
+
+def test_subspace_plugs_into_patching_and_steering(convnet, images):
+    acts = cc.capture(convnet, images, sites=["relu1"])["relu1"]
+    sub = cc.Subspace(
+        torch.randn(2, 4, generator=torch.Generator().manual_seed(0)), dim=1, site="relu1"
+    )
+    res = cc.patch(convnet, images, images.flip(0), lambda out: out[:, 0].mean(), basis=sub)
+    assert res.values.shape == (3,)  # two coordinates, then the error term
+    steered = cc.steer(convnet, images, sub, which=1, alpha=2.0)
+    with cc.hooks(convnet, {"relu1": lambda a, site: a + 2.0 * sub.directions[1][:, None, None]}):
+        by_hand = convnet(images)
+    assert torch.allclose(steered, by_hand, atol=1e-5)
+    coords = torch.einsum("nchw,kc->nkhw", acts, sub.directions)  # the channel axis, projected
+    assert torch.allclose(sub.encode(acts), coords, atol=1e-6)
+
+
+def test_subspace_and_rank_bad_inputs_raise_clear_errors():
+    x, y, _ = planted_ring(200, 6, 7, noise=0.1, seed=2)
+    with pytest.raises(ConfigError, match="larger than the feature axis"):
+        fit_probe(x, y, rank=7)
+    with pytest.raises(ConfigError, match="at most that many"):
+        fit_probe(x, y, kind="linear", period=7, rank=3)
+    with pytest.raises(InputError, match="at least 3 distinct values"):
+        fit_probe(x, y % 2, kind="linear", period=7)
+    with pytest.raises(ConfigError, match="kind='linear'"):
+        fit_probe(x, y, period=7)
+    with pytest.raises(ConfigError, match="frequencies"):
+        fit_probe(x, y, kind="linear", frequencies=(1,))
+    with pytest.raises(ConfigError, match="rank"):
+        fit_probe(x, y, rank=0)
+    with pytest.raises(InputError, match="linearly dependent"):
+        cc.Subspace(torch.tensor([[1.0, 0.0], [2.0, 0.0]]))
+    with pytest.raises(ConfigError, match="plane"):
+        cc.Subspace(torch.eye(3)).rotate(torch.zeros(1, 3), 1.0, plane=(0, 0))
+    with pytest.raises(ShapeMismatchError):
+        cc.Subspace(torch.eye(3)).principal_angles(torch.eye(4))

@@ -77,7 +77,7 @@ def score_direct(model: nn.Module, inputs: Any, cfg: DirectEffects) -> Attributi
             f"the target {tgt_site!r} is frozen in the linearised model; read a site before the "
             "nonlinearity (mlp.hook_pre for MLP neurons)"
         )
-    with _python_norms(model):
+    with python_norms(model):
         return _direct_effects(
             model, inputs, src_basis, tgt_basis, frozen, cfg.target_pos, cfg.progress
         )
@@ -151,7 +151,7 @@ def _direct_effects(
 
 
 @contextmanager
-def _python_norms(model: nn.Module) -> Iterator[None]:
+def python_norms(model: nn.Module) -> Iterator[None]:
     """Run a TransformerBridge's norms on their python path for the duration of the block.
 
     On the native-autograd path (the bridge's RMSNorm) an edit of hook_scale made by a plain

@@ -111,10 +111,10 @@ def build_graph(
     if options.asked:
         kinds = [a["kind"] for a in attrs]
         is_input = np.asarray([k == "input" for k in kinds], dtype=bool)
-        result = prune_arrays(
-            src, dst, weight, is_input=is_input, out_w=output_weights(keys, kinds, options.outputs),
-            options=options, keys=keys,
-        )  # fmt: skip
+        probs = [a.get("prob", math.nan) for a in attrs]
+        out_w = output_weights(keys, kinds, options.outputs, probs)
+        result = prune_arrays(src, dst, weight, is_input=is_input, out_w=out_w, options=options,
+                              keys=keys)  # fmt: skip
         node_mask, edge_mask = result.node_mask, result.edge_mask
         if result.influence is not None:
             for i in np.flatnonzero(node_mask):

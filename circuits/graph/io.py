@@ -1,13 +1,19 @@
-"""Save and load circuit graphs: node-link JSON, GraphML and GEXF, chosen by the file suffix.
+"""Save and load circuit graphs: node-link JSON, GraphML, GEXF and attribution-graph JSON.
 
-Every format round-trips the schema exactly (same nodes, edges, attributes and attribute types;
-NaN stays NaN), and networkx's own readers open our files:
+The file suffix chooses the format, or ``format="attribution-graph"`` (a .json file) asks for the
+JSON that circuit-tracer writes and Neuronpedia's graph frontend reads (`circuits.graph.neuronpedia`
+describes it). Every format round-trips the schema exactly (same nodes, edges, attributes and
+attribute types; NaN stays NaN), and networkx's own readers open our node-link, GraphML and GEXF
+files:
 
 * ``.json``: networkx node-link data (``json_graph.node_link_graph(json.load(f))``), strict JSON:
   NaN is written as ``null`` and read back as NaN.
 * ``.graphml``: ``nx.read_graphml``; provenance is GraphML graph data.
 * ``.gexf``: ``nx.read_gexf``; GEXF has no graph attributes, so the provenance is a JSON object
   in ``<meta><description>``, which networkx ignores and `load_graph` reads.
+* attribution-graph ``.json``: what the format has no field for travels in ``circuits`` keys the
+  frontend ignores; `load_graph` tells it from node-link data by its ``metadata`` object, and also
+  reads attribution graphs other tools wrote.
 
 Writes are atomic: the file is written to a temporary file in the same folder and moved into
 place with ``os.replace``, so a failed save leaves neither a partial file nor the temporary file.
@@ -17,6 +23,7 @@ raises SchemaError.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -24,7 +31,7 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import networkx as nx
 import pandas as pd
@@ -32,10 +39,14 @@ from networkx.readwrite import json_graph
 
 from circuits.errors import ConfigError, InputError, SchemaError
 from circuits.files import as_path, atomic_open, read_json
+from circuits.graph.neuronpedia import from_neuronpedia, is_attribution_graph
+from circuits.graph.neuronpedia import write_attribution_graph as _write_attribution_graph
 from circuits.graph.schema import GRAPH_ATTRS, check_version, fix_types, validate
 
 FORMATS = (".json", ".graphml", ".gexf")
 """The file suffixes `save_graph` and `load_graph` know: node-link JSON, GraphML and GEXF."""
+ATTRIBUTION_GRAPH = "attribution-graph"
+"""`save_graph`'s ``format`` for circuit-tracer's attribution-graph JSON (a .json file)."""
 _XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _GEXF_NS = "{http://www.gexf.net/1.2draft}"
 _GEXF_TAG = "circuits-graph-attributes:"
@@ -51,36 +62,70 @@ def _suffix(path: Any) -> str:
     return suffix
 
 
-def save_graph(g: nx.DiGraph, path: str | os.PathLike[str]) -> Path:
+def save_graph(
+    g: nx.DiGraph,
+    path: str | os.PathLike[str],
+    *,
+    format: Literal["attribution-graph"] | None = None,
+) -> Path:
     """Validate `g` and write it to `path` (.json, .graphml or .gexf), atomically.
 
-    Returns the path written. The formats are described in the docs' "Graph files" page.
+    format: None picks the format from the suffix; ``"attribution-graph"`` writes the JSON that
+    circuit-tracer writes and Neuronpedia's graph frontend reads (slug: the file stem; for other
+    slugs, a scan or the graph-metadata.json listing use `export_neuronpedia`, the same writer).
+    `load_graph` reads every one of them back unchanged.
+
+    Returns the path written. The formats are described in the docs' "Graph files" and
+    "Attribution graphs" pages.
 
     For example:
 
         cc.save_graph(g, "circuit.graphml")                 # also .json and .gexf
         networkx.read_graphml("circuit.graphml")            # plain networkx opens it too
+        cc.save_graph(g, "circuit.json", format="attribution-graph")   # circuit-tracer's JSON
 
     Raises:
-        ConfigError: the suffix is not .json, .graphml or .gexf.
+        ConfigError: the suffix is not .json, .graphml or .gexf, `format` is not None or
+            "attribution-graph", or an attribution graph is not given a .json name.
         InputError: `path` is not a path.
         SchemaError: `g` breaks the schema, or (XML formats) holds a control character.
         OutputError: the file cannot be written (nothing is left behind).
     """
     suffix = _suffix(path)
+    _check_format(format, suffix)
     validate(g)
     if suffix != ".json":
         _check_xml_text(g)
-    writer: Callable[[nx.DiGraph, IO[Any]], None] = {
+    writer: Callable[[nx.DiGraph, IO[Any]], object] = {
         ".json": _write_json, ".graphml": _write_graphml, ".gexf": _write_gexf
     }[suffix]  # fmt: skip
+    if format == ATTRIBUTION_GRAPH:
+        writer = functools.partial(_write_attribution_graph, slug=Path(path).stem)
     with atomic_open(path, "w" if suffix == ".json" else "wb") as fh:
         writer(g, fh)
     return Path(path)
 
 
+def _check_format(format: object, suffix: str) -> None:
+    """`save_graph`'s format: None, or "attribution-graph" for a .json file."""
+    if format not in (None, ATTRIBUTION_GRAPH):
+        raise ConfigError(
+            f"unknown graph format {format!r}; use format=None (from the suffix) or "
+            f"format={ATTRIBUTION_GRAPH!r}"
+        )
+    if format == ATTRIBUTION_GRAPH and suffix != ".json":
+        raise ConfigError(
+            f"an attribution graph is JSON; name the file *.json (got suffix {suffix!r}) so "
+            "load_graph and circuit-tracer's frontend find it"
+        )
+
+
 def load_graph(path: str | os.PathLike[str]) -> nx.DiGraph:
     """Read a graph written by `save_graph`, restore attribute types and validate the schema.
+
+    A .json file may hold node-link data or attribution-graph JSON (told apart by its
+    ``metadata`` object): our own attribution graphs come back unchanged, and circuit-tracer's
+    are mapped to the schema (see the docs' "Attribution graphs" page).
 
     For example:
 
@@ -91,7 +136,8 @@ def load_graph(path: str | os.PathLike[str]) -> nx.DiGraph:
         ConfigError: the suffix is not .json, .graphml or .gexf.
         InputError: there is no file at `path`.
         SchemaError: the file is truncated or corrupted, lists a node or an edge twice, was written
-            by a newer schema version, or does not hold a valid circuit graph.
+            by a newer schema version, or does not hold a valid circuit graph (an attribution
+            graph: a node without node_id, feature_type or ctx_idx, or a link naming no node).
     """
     suffix = _suffix(path)
     if not Path(path).is_file():
@@ -181,6 +227,8 @@ def _write_json(g: nx.DiGraph, fh: IO[Any]) -> None:
 
 def _read_json(path: Path) -> tuple[nx.DiGraph, tuple[int, int]]:
     data = read_json(path, "JSON circuit graph")
+    if is_attribution_graph(data):
+        return from_neuronpedia(data, repr(str(path)))
     if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
         raise SchemaError(f"{str(path)!r} is JSON but not node-link graph data")
     version = (data.get("graph") or {}).get("schema_version")

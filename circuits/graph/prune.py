@@ -16,7 +16,8 @@ Three criteria, applied in this order when several are given:
 Then, always: nodes not on a path from an input to an output are dropped, with their edges.
 Inputs are nodes of kind "input" and nodes without predecessors in the candidate graph (error
 nodes, say); outputs are nodes of kind "output", or exactly the keys in ``outputs=`` when given
-(a mapping gives each output a weight, like circuit-tracer's logit probabilities; else equal).
+(a mapping gives each output a weight). Without ``outputs=``, outputs that all carry a positive
+``prob`` are weighted by it, as circuit-tracer weights its logits; else equally.
 
 Everything runs on numpy arrays (`prune_arrays`), so `circuits.graph.build_graph` can prune a
 million candidate edges before building any networkx object; `prune(g)` is the same on a graph.
@@ -51,7 +52,8 @@ class PruneOptions:
     threshold: drop edges with |weight| below it. top_k: keep the k largest |weight| edges.
     influence: keep the nodes carrying this share (0..1) of the total influence on the outputs,
     then the edges carrying `edge_influence` (default 0.98). outputs: the output node keys
-    (default: nodes of kind "output"), or a mapping key -> weight.
+    (default: nodes of kind "output", weighted by their ``prob`` where all have one), or a
+    mapping key -> weight.
     """
 
     threshold: float | None = None
@@ -114,11 +116,18 @@ class Pruned:
     influence: FloatArray | None
 
 
-def output_weights(keys: Sequence[str], kinds: Sequence[str], outputs: Outputs) -> FloatArray:
-    """The output weight vector ``o`` (sums to 1): kind "output" nodes, or exactly `outputs`."""
+def output_weights(
+    keys: Sequence[str], kinds: Sequence[str], outputs: Outputs, probs: Sequence[float] = ()
+) -> FloatArray:
+    """The output weight vector ``o`` (sums to 1): exactly `outputs` when given, else the kind
+    "output" nodes, weighted by their `probs` (each node's ``prob``, as circuit-tracer weights
+    its logits) where every output has a positive one, else equally."""
     w = np.zeros(len(keys), dtype=np.float64)
     if outputs is None:
-        w[np.asarray(kinds, dtype=object) == "output"] = 1.0
+        is_out = np.asarray(kinds, dtype=object) == "output"
+        p = np.asarray(probs, dtype=np.float64) if len(probs) == len(keys) else None
+        usable = p is not None and is_out.any() and bool((p[is_out] > 0).all())
+        w[is_out] = p[is_out] if usable and p is not None else 1.0
     else:
         if isinstance(outputs, str):
             raise ConfigError(f"outputs must be a list of node keys, got the string {outputs!r}")
@@ -248,7 +257,8 @@ def _prune_graph(g: nx.DiGraph, options: PruneOptions) -> nx.DiGraph:
     weight = np.asarray(weights, dtype=np.float64)
     kinds = [g.nodes[k]["kind"] for k in keys]
     is_input = np.asarray([k == "input" for k in kinds], dtype=bool)
-    out_w = output_weights(keys, kinds, options.outputs)
+    probs = [g.nodes[k].get("prob", math.nan) for k in keys]
+    out_w = output_weights(keys, kinds, options.outputs, probs)
     result = prune_arrays(
         np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64), weight,
         is_input=is_input, out_w=out_w, options=options, keys=keys,

@@ -10,12 +10,26 @@ patching and graph code can use as a feature (`ProbeResult.as_basis()`).
     frame = cc.probe_sweep(model, tokens, labels, sites=[...], positions=-1)
     cc.plot_probe_sweep(frame)
 
+With `rank=k` a probe finds the k-dimensional subspace that best reads the label, and with
+`period=` it reads a cyclic label as a point on a circle; `ProbeResult.as_subspace()` gives it as
+a `Subspace` (orthonormal directions) that patching, attribution and steering accept.
+
 Probes are fit in torch on the activations' device; see `fit_probe` for the kinds (logistic,
 linear, mass_mean), the held-out split, standardisation and the control task behind selectivity.
 """
 
 from circuits.probes.fit import ProbeConfig, fit_probe
 from circuits.probes.result import ProbeResult
+from circuits.probes.subspace import Subspace, circle_targets, orthonormal_rows
 from circuits.probes.sweep import plot_probe_sweep, probe_sweep
 
-__all__ = ["ProbeConfig", "ProbeResult", "fit_probe", "plot_probe_sweep", "probe_sweep"]
+__all__ = [
+    "ProbeConfig",
+    "ProbeResult",
+    "Subspace",
+    "circle_targets",
+    "fit_probe",
+    "orthonormal_rows",
+    "plot_probe_sweep",
+    "probe_sweep",
+]

@@ -24,7 +24,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuits.checks import is_finite
+from circuits.checks import check_int, is_finite
 from circuits.errors import ConfigError, InputError
 from circuits.options import configure, warn_renamed
 from circuits.probes import solvers
@@ -47,6 +47,7 @@ from circuits.probes.data import (
 from circuits.probes.logistic import logistic
 from circuits.probes.result import ProbeResult, evaluate
 from circuits.probes.solvers import LinearFit
+from circuits.probes.subspace import check_cyclic, reduce_rank, subspace_labels
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,9 @@ class ProbeConfig:
     pool, feature_axis: how activations with more than two axes become [n, d] (None, "mean",
         "max", "flatten", "stack"; see circuits.probes.data), and which axis holds the features.
     tol, max_iter: logistic solver stopping rule (largest gradient entry of the mean loss).
+    rank, period, frequencies: the probe refit in the top-k subspace of its directions (as it
+        is when its map has rank <= k); with a period (kind "linear"), labels become [cos, sin]
+        of 2 pi f label / period for each f (default (1,)). See `circuits.probes.subspace`.
     """
 
     kind: Kind = "logistic"
@@ -85,6 +89,9 @@ class ProbeConfig:
     feature_axis: int = -1
     tol: float = 1e-4
     max_iter: int = 100
+    rank: int | None = None
+    period: float | None = None
+    frequencies: tuple[int, ...] | None = None
     standardize: InitVar[bool | None] = None  # the old spelling of standardise, for one release
 
     def __post_init__(self, standardize: bool | None) -> None:
@@ -109,6 +116,9 @@ class ProbeConfig:
             or self.max_iter < 1
         ):
             raise ConfigError(f"max_iter must be a positive int, got {self.max_iter!r}")
+        check_int(self.rank, "rank", allow_none=True)
+        freqs = check_cyclic(self.period, self.frequencies, kind=self.kind)
+        object.__setattr__(self, "frequencies", freqs)
 
     @classmethod
     def of(cls, config: ProbeConfig | None, options: Mapping[str, Any]) -> ProbeConfig:
@@ -132,8 +142,8 @@ def fit_probe(
     labels: one per sample (classes of any type for logistic / mass_mean; numbers [n] or [n, t]
         for linear).
     config, options: a `ProbeConfig`, or its fields as keywords (kind, C, alpha, whiten, ridge,
-        standardise, test_fraction, control, seed, pool, feature_axis, tol, max_iter); keywords
-        override the config's fields.
+        standardise, test_fraction, control, seed, pool, feature_axis, tol, max_iter, rank,
+        period, frequencies); keywords override the config's fields.
     types: one per sample (e.g. token ids) for Hewitt & Liang's control task (module docstring).
     Runs on the activations' device, in float32 (float64 for the small d x d solves).
 
@@ -143,12 +153,17 @@ def fit_probe(
         probe = cc.fit_probe(cache["blocks.1.hook_resid_pre"][:, -1], labels, kind="logistic")
         probe.test_score, probe.selectivity                 # held-out accuracy, minus the control's
         basis = probe.as_basis()                            # its direction as a feature basis
+        plane = cc.fit_probe(acts, weekday, kind="linear", period=7).as_subspace()  # a circle
+        top2 = cc.fit_probe(acts, digit, rank=2)            # the best 2-d subspace for 10 classes
 
     Raises:
-        ConfigError: an unknown option, kind or pool, or an option out of range.
+        ConfigError: an unknown option, kind or pool, or an option out of range; a rank larger
+            than the feature axis or than the probe's map (its rows; minus one when centred),
+            a period without kind="linear", frequencies without a period.
         ShapeMismatchError: the labels do not match the activations' first axis.
         InputError: the activations have no features or are NaN or infinite, the labels cannot be
-            read (a single class, NaN targets), or too few examples are left for a test split.
+            read (a single class, NaN targets), a cyclic label has fewer than 3 distinct values,
+            or too few examples are left for a test split.
     """
     config = ProbeConfig.of(config, options)
     acts = as_tensor(acts)
@@ -173,7 +188,7 @@ def fit_matrix(
     check_finite(x, "activations")
     device = x.device
     classify = config.kind != "linear"
-    arr = label_array(labels, layout, n_inputs, device=device)
+    arr = subspace_labels(label_array(labels, layout, n_inputs, device=device), config, x.shape[1])
     classes: tuple[Any, ...] = ()
     if classify:
         y, classes = encode_classes(arr, device=device)
@@ -217,7 +232,7 @@ def fit_matrix(
             f" at {site!r}" if site else "", config.max_iter,
         )  # fmt: skip
     test_score = metrics[1]
-    return ProbeResult(
+    result = ProbeResult(
         kind=config.kind, metric="accuracy" if classify else "r2",
         direction=w_raw, bias=b_raw, direction_std=main.weight, bias_std=main.bias,
         mean=data.mean, scale=data.scale, classes=classes,
@@ -228,6 +243,10 @@ def fit_matrix(
         n_train=len(train), n_test=len(test), n_iter=main.n_iter, converged=main.converged,
         site=site, config=config, layout=layout,
     )  # fmt: skip
+    full = dataclasses.replace(config, rank=None)
+    refit = functools.partial(fit_matrix, labels=labels, layout=layout, n_inputs=n_inputs,
+                              config=full, types=types, site=site)  # fmt: skip
+    return reduce_rank(result, x, refit)
 
 
 class _Training:

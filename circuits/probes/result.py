@@ -18,10 +18,11 @@ import pandas as pd
 from jaxtyping import Float
 from torch import Tensor
 
-from circuits.errors import ConfigError, ShapeMismatchError
+from circuits.errors import ConfigError, InputError, ShapeMismatchError
 from circuits.features import DirectionBasis
 from circuits.options import warn_renamed
 from circuits.probes.data import Layout, as_tensor, project, to_matrix
+from circuits.probes.subspace import Subspace, probe_rank, probe_rows, top_rows
 from circuits.results import check_k
 
 if TYPE_CHECKING:
@@ -118,6 +119,25 @@ class ProbeResult:
             self.direction, dim=dim, site=self.site, labels=tuple(labels),
             normalise=normalise,
         )  # fmt: skip
+
+    def as_subspace(self) -> Subspace:
+        """The subspace the probe reads, as a `Subspace` (orthonormal) over the raw feature axis.
+
+        Its rank is the config's `rank` (or the probe map's own rank): the top right singular
+        vectors of the raw directions (centred over classes for more than two), so a rank-1
+        probe on two classes gives its direction, unit length. Raises ConfigError for a probe
+        fit with pool='flatten' over several axes (as `as_basis`).
+
+            plane = cc.fit_probe(acts, weekday, kind="linear", period=7).as_subspace()
+            plane.encode(acts)                     # [n, 2]: the weekdays on their circle
+        """
+        basis = self.as_basis()
+        k = min(self.config.rank or self.direction.shape[0], probe_rank(self))
+        if k == 0:
+            raise InputError("the probe's directions are all zero: it reads no subspace")
+        labels = tuple(f"{self.site or 'probe'}:rank{k}:{i}" for i in range(k))
+        return Subspace(top_rows(probe_rows(self), k), dim=basis.dim, site=self.site,
+                        labels=labels)  # fmt: skip
 
     def summary(self) -> dict[str, Any]:
         """The headline figures as one flat dict (a row of `probe_sweep`'s frame)."""

@@ -15,8 +15,12 @@
   a Latin square, so a previous-token head (layer 0, head 1) moves x[t-1] and MLP 0 looks the pair
   up (`LOOKUP_CIRCUIT`). `lookup_batch(n)` gives tokens and targets, `lookup_pair(n)` clean /
   corrupt inputs that differ in one previous token.
-- `lookup_transcoder(layer)`, `curve_sae()`: sparse dictionaries trained here on those models
-  (`circuits/zoo/train_dictionaries.py` reproduces them), shipped as SAELens folders.
+- `modular_transformer()`: a one-layer transformer trained here on (a + b) mod 59
+  (`circuits/zoo/train_modular.py` reproduces it), a clock: residues on circles at the key
+  frequencies `MODULAR_KEY_FREQUENCIES`; `modular_batch(split)` gives the pairs.
+- `lookup_transcoder(layer)`, `curve_sae()`, `induction_sae(layer)`: sparse dictionaries trained
+  here on those models (`circuits/zoo/train_dictionaries.py` reproduces them), shipped as SAELens
+  folders; the induction model's are residual-stream SAEs after each layer.
 """
 
 from circuits.zoo.corner import CORNER_CIRCUIT, CornerCircuit, corner_cnn, corner_images
@@ -31,7 +35,12 @@ from circuits.zoo.curve import (
     line_stimuli,
     peak_responses,
 )
-from circuits.zoo.dictionaries import DICTIONARIES_PATH, curve_sae, lookup_transcoder
+from circuits.zoo.dictionaries import (
+    DICTIONARIES_PATH,
+    curve_sae,
+    induction_sae,
+    lookup_transcoder,
+)
 from circuits.zoo.induction import (
     INDUCTION_HEADS,
     RepeatBatch,
@@ -51,6 +60,15 @@ from circuits.zoo.lookup import (
     lookup_targets,
     lookup_transformer,
 )
+from circuits.zoo.modular import (
+    MODULAR_KEY_FREQUENCIES,
+    MODULUS,
+    ModularBatch,
+    modular_accuracy,
+    modular_batch,
+    modular_loss,
+    modular_transformer,
+)
 from circuits.zoo.transformers import hooked_state_dict, load_weights, tiny_transformer
 
 __all__ = [
@@ -61,10 +79,13 @@ __all__ = [
     "LINE_ORIENTATIONS",
     "LOOKUP_CIRCUIT",
     "LOOKUP_TABLE",
+    "MODULAR_KEY_FREQUENCIES",
+    "MODULUS",
     "CornerCircuit",
     "CurveBatch",
     "LookupBatch",
     "LookupCircuit",
+    "ModularBatch",
     "RepeatBatch",
     "arc_stimuli",
     "corner_cnn",
@@ -76,6 +97,7 @@ __all__ = [
     "head_scores",
     "hooked_state_dict",
     "induction_pair",
+    "induction_sae",
     "induction_transformer",
     "line_stimuli",
     "load_weights",
@@ -85,6 +107,10 @@ __all__ = [
     "lookup_targets",
     "lookup_transcoder",
     "lookup_transformer",
+    "modular_accuracy",
+    "modular_batch",
+    "modular_loss",
+    "modular_transformer",
     "peak_responses",
     "repeated_tokens",
     "tiny_transformer",

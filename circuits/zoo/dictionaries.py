@@ -6,6 +6,13 @@
   transcoder of it has about one latent per pair, a handful active at a time.
 - `curve_sae()`: an SAE on `curve_cnn`'s `relu2` output, channels as the feature axis and every
   (image, h, w) a row: latents are curve-detector patterns at one place.
+- `induction_sae(layer)`: an SAE on `induction_transformer`'s residual stream after that layer
+  (`blocks.L.hook_resid_post`), every (sequence, position) a row. The model is attention-only,
+  so the residual stream is all there is to read: after layer 0 it holds the token, its position
+  and what the previous-token head wrote (the token before), which is what layer 1's induction
+  head keys on; after layer 1 it holds what the unembedding reads, the predicted token. The
+  stream before layer 0 is only the token and position embeddings, nothing computed, so it has
+  no SAE.
 
 `python -m circuits.zoo.train_dictionaries` reproduces them (seeded) and writes
 `weights/dictionaries.json`, the quality report of each on held-out data.
@@ -19,7 +26,7 @@ from circuits.checks import check_int
 from circuits.dictionaries import Dictionary, load_dictionary
 from circuits.errors import ConfigError
 
-__all__ = ["DICTIONARIES_PATH", "curve_sae", "lookup_transcoder"]
+__all__ = ["DICTIONARIES_PATH", "curve_sae", "induction_sae", "lookup_transcoder"]
 
 DICTIONARIES_PATH = Path(__file__).parent / "weights"
 """The folder holding the shipped dictionary folders and their report, dictionaries.json."""
@@ -48,3 +55,23 @@ def curve_sae() -> Dictionary:
     Raises SchemaError if the shipped folder was damaged.
     """
     return load_dictionary(DICTIONARIES_PATH / "curve_sae")
+
+
+def induction_sae(layer: int = 0) -> Dictionary:
+    """The shipped SAE on `induction_transformer`'s residual stream after `layer` (0 or 1):
+    `blocks.{layer}.hook_resid_post`, d_model 64 -> 512 latents, top-k with k = 16.
+
+        sae = cc.zoo.induction_sae(0)
+        sae.config.site                         # blocks.0.hook_resid_post
+        basis = sae.as_basis()                  # its latents as features at that site
+
+    Raises ConfigError for a layer the model does not have (SchemaError if the shipped folder
+    was damaged).
+    """
+    check_int(layer, "layer", low=0)
+    if layer > 1:
+        raise ConfigError(
+            f"induction_transformer has residual-stream SAEs after layers 0 and 1, got "
+            f"layer={layer}"
+        )
+    return load_dictionary(DICTIONARIES_PATH / f"induction_sae_{layer}")
