@@ -26,8 +26,8 @@ from circuits.manifolds.discovery import (
 )
 from circuits.manifolds.fourier import FourierSpectrum, fourier_spectrum
 from circuits.manifolds.geometry import Circularity, circularity, plot_points
-from circuits.manifolds.intervene import Mode, intervene
-from circuits.manifolds.irreducibility import (
+from circuits.manifolds.intervention import Mode, intervene
+from circuits.manifolds.irreducible import (
     MAX_MIXTURE,
     MIN_SEPARABILITY,
     Irreducibility,

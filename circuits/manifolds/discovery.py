@@ -34,7 +34,7 @@ from circuits.checks import check_int, check_number
 from circuits.dictionaries import Dictionary
 from circuits.errors import ConfigError, InputError
 from circuits.manifolds.geometry import plot_points
-from circuits.manifolds.irreducibility import Irreducibility, irreducibility
+from circuits.manifolds.irreducible import Irreducibility, irreducibility
 from circuits.manifolds.points import as_points
 from circuits.options import check_choice
 from circuits.probes import Subspace
