@@ -14,7 +14,8 @@ it never runs a model (it imports no torch): faithfulness lives in `circuits.fai
 from circuits.graph.build import GraphSource, build_graph, build_graph_from_matrix
 from circuits.graph.io import FORMATS, graph_frames, load_graph, save_graph
 from circuits.graph.neuronpedia import export_neuronpedia
-from circuits.graph.plot import plot_graph, save_html, save_image
+from circuits.graph.page import save_html, save_image
+from circuits.graph.plot import plot_graph
 from circuits.graph.prune import prune
 from circuits.graph.schema import KINDS, SCHEMA_VERSION, new_graph, node_key, validate
 
