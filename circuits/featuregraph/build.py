@@ -50,7 +50,7 @@ from circuits.options import check_choice, configure
 
 from .faithfulness import feature_faithfulness
 from .nodes import node_rows, sum_positions
-from .trace import adjacency, check_dictionaries, check_points, last_logits, sites_of, trace
+from .trace import adjacency, check_dictionaries, last_logits, path_points, sites_of, trace
 
 log = logging.getLogger(__name__)
 
@@ -163,18 +163,18 @@ def feature_graph(
         freeze = list(opts.freeze) if opts.freeze is not None else _frozen(model, ds, lens)
     with python_norms(model):
         traced = trace(model, inputs, ds, input_site=input_site, freeze=freeze, corrupt=corrupt)
+        labels = opts.labels or _token_labels(model, traced.tokens)
+        if labels is not None and len(labels) != traced.clean.input.shape[0]:
+            raise ConfigError(
+                f"labels must name each of the {traced.clean.input.shape[0]} input rows, got "
+                f"{len(labels)}"
+            )
         outputs, out_rows = _outputs(traced.output, opts, metric)
-        points = check_points(opts.method, opts.steps)
+        points = path_points(opts.method, opts.steps)
         a = adjacency(model, inputs, traced, outputs, points=points, batch=opts.batch,
                       progress=opts.progress)  # fmt: skip
-    labels = opts.labels or _token_labels(model, traced.tokens)
-    if labels is not None and len(labels) != traced.clean.input.shape[0]:
-        raise ConfigError(
-            f"labels must name each of the {traced.clean.input.shape[0]} input rows, got "
-            f"{len(labels)}"
-        )
     for row in out_rows:
-        if "token" in row and labels is not None:
+        if "token" in row:
             row["label"] = _decode(model, row["token"])
     sources, targets = node_rows(traced, out_rows, labels)
     if opts.positions == "sum":

@@ -231,13 +231,10 @@ def _columns(
     return torch.cat(rows)
 
 
-def check_points(method: str, steps: int) -> list[float]:
-    """The points on the path from the baseline (0) to the clean run (1) a method evaluates."""
-    if method in ("direct", "attribution_patching"):
-        return [1.0]
-    if method == "ig":
-        return [(i + 0.5) / steps for i in range(steps)]
-    raise ConfigError(f"method must be 'direct', 'attribution_patching' or 'ig', got {method!r}")
+def path_points(method: str, steps: int) -> list[float]:
+    """The points on the path from the baseline (0) to the clean run (1) a method evaluates:
+    the clean run itself, or IG's `steps` midpoints."""
+    return [(i + 0.5) / steps for i in range(steps)] if method == "ig" else [1.0]
 
 
 def check_dictionaries(ds: Any) -> list[Dictionary]:

@@ -125,9 +125,8 @@ def output_weights(
     w = np.zeros(len(keys), dtype=np.float64)
     if outputs is None:
         is_out = np.asarray(kinds, dtype=object) == "output"
-        p = np.asarray(probs, dtype=np.float64) if len(probs) == len(keys) else None
-        usable = p is not None and is_out.any() and bool((p[is_out] > 0).all())
-        w[is_out] = p[is_out] if usable and p is not None else 1.0
+        p = np.asarray(probs, dtype=np.float64) if len(probs) == len(keys) else np.zeros(len(keys))
+        w[is_out] = p[is_out] if is_out.any() and bool((p[is_out] > 0).all()) else 1.0
     else:
         if isinstance(outputs, str):
             raise ConfigError(f"outputs must be a list of node keys, got the string {outputs!r}")

@@ -28,12 +28,8 @@ held-out losses, head scores and ablation effects from `evaluate`, with the head
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import math
-import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -49,7 +45,8 @@ from circuits.zoo.induction import (
     repeated_tokens,
     sample,
 )
-from circuits.zoo.transformers import Line, fit, hooked_state_dict, load_weights, tiny_transformer
+from circuits.zoo.trainer import train_command
+from circuits.zoo.transformers import Line, fit, load_weights, tiny_transformer
 
 __all__ = ["evaluate", "init_weights", "main", "next_token_loss", "train"]
 
@@ -230,47 +227,23 @@ def _skip_bigrams(n: int, gen: torch.Generator, seq_len: int, skip_map: Tensor) 
 
 def main(argv: list[str] | None = None) -> None:
     """The command line: train, save the weights and the JSON record, log the figures."""
-    parser = argparse.ArgumentParser(description="Train the circuits.zoo induction model.")
-    parser.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=STEPS, help="steps on repeated segments")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    torch.set_num_threads(args.threads)
 
-    from safetensors.torch import save_file
-
-    start = time.perf_counter()
-    model, losses = train(seed=args.seed, steps=args.steps, progress=True)
-    seconds = time.perf_counter() - start
-    figures = evaluate(model, repeated_tokens(512, seed=EVAL_SEED))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(hooked_state_dict(model), str(args.out))
-    record = {
-        "config": CONFIG,
-        "training": {
-            "command": f"python -m circuits.zoo.train_induction --out PATH --seed {args.seed}",
-            "seed": args.seed,
-            "steps": args.steps,
-            "skip_steps": SKIP_STEPS,
-            "batch_size": BATCH_SIZE,
-            "lr": LR,
-            "weight_decay": WEIGHT_DECAY,
-            "seq_len_schedule": [SHORT, GROW_START, GROW_END],
+    def run(seed: int, steps: int) -> tuple[nn.Module, dict[str, Any], str]:
+        model, losses = train(seed=seed, steps=steps, progress=True)
+        settings = {
+            "skip_steps": SKIP_STEPS, "batch_size": BATCH_SIZE, "lr": LR,
+            "weight_decay": WEIGHT_DECAY, "seq_len_schedule": [SHORT, GROW_START, GROW_END],
             "segment_lengths": [MIN_LEN, MAX_LEN],
-            "seconds": round(seconds, 1),
-            "threads": args.threads,
-            "model_class": type(model).__name__,
-            "torch": torch.__version__,
             "loss_every_100_steps": [round(x, 4) for x in losses[::100]] + [round(losses[-1], 4)],
-        },
-        "eval": {"seed": EVAL_SEED, "n": 512, **figures},
-    }
-    args.out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
-    log.info("trained in %.0f s; final loss %.3f", seconds, losses[-1])
-    log.info("%s", json.dumps(record["eval"]))
-    print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
+        }  # fmt: skip
+        return model, settings, f"final loss {losses[-1]:.3f}"
+
+    def figures(model: nn.Module) -> dict[str, Any]:
+        return {"seed": EVAL_SEED, "n": 512,
+                **evaluate(model, repeated_tokens(512, seed=EVAL_SEED))}  # fmt: skip
+
+    train_command(argv, name="induction", steps=STEPS, config=CONFIG, train=run,
+                  evaluate=figures, steps_help="steps on repeated segments")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -35,12 +35,8 @@ from `evaluate` (accuracy, previous-token scores, ablation effects, the MLP's lo
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import math
-import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -60,6 +56,7 @@ from circuits.zoo.lookup import (
     previous_token_scores,
     sample,
 )
+from circuits.zoo.trainer import train_command
 from circuits.zoo.transformers import Line, fit, hooked_state_dict, load_weights, tiny_transformer
 
 __all__ = ["evaluate", "init_weights", "lookup_loss", "main", "train"]
@@ -232,48 +229,23 @@ def _lr_factor(step: int, total: int, warm: int) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     """The command line: train, save the weights and the JSON record, log the figures."""
-    parser = argparse.ArgumentParser(description="Train the circuits.zoo lookup model.")
-    parser.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=STEPS)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    torch.set_num_threads(args.threads)
 
-    from safetensors.torch import save_file
-
-    start = time.perf_counter()
-    model, losses = train(seed=args.seed, steps=args.steps, progress=True)
-    seconds = time.perf_counter() - start
-    figures = evaluate(model, lookup_batch(EVAL_N, seed=EVAL_SEED))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(hooked_state_dict(model), str(args.out))
-    record = {
-        "config": CONFIG,
-        "table": [list(row) for row in LOOKUP_TABLE],
-        "training": {
-            "command": f"python -m circuits.zoo.train_lookup --out PATH --seed {args.seed}",
-            "seed": args.seed,
-            "steps": args.steps,
-            "warm_steps": WARM_STEPS,
-            "fade_steps": FADE_STEPS,
-            "batch_size": BATCH_SIZE,
-            "lr": LR,
-            "lr_after_warm_up": AFTER_WARM * LR,
-            "weight_decay": WEIGHT_DECAY,
-            "seconds": round(seconds, 1),
-            "threads": args.threads,
-            "model_class": type(model).__name__,
-            "torch": torch.__version__,
+    def run(seed: int, steps: int) -> tuple[nn.Module, dict[str, Any], str]:
+        model, losses = train(seed=seed, steps=steps, progress=True)
+        settings = {
+            "warm_steps": WARM_STEPS, "fade_steps": FADE_STEPS, "batch_size": BATCH_SIZE,
+            "lr": LR, "lr_after_warm_up": AFTER_WARM * LR, "weight_decay": WEIGHT_DECAY,
             "loss_every_100_steps": [round(x, 4) for x in losses[::100]] + [round(losses[-1], 4)],
-        },
-        "eval": {"seed": EVAL_SEED, "n": EVAL_N, **figures},
-    }
-    args.out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
-    log.info("trained in %.0f s; final loss %.4f", seconds, losses[-1])
-    log.info("%s", json.dumps(record["eval"]))
-    print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
+        }  # fmt: skip
+        return model, settings, f"final loss {losses[-1]:.4f}"
+
+    def figures(model: nn.Module) -> dict[str, Any]:
+        return {"seed": EVAL_SEED, "n": EVAL_N,
+                **evaluate(model, lookup_batch(EVAL_N, seed=EVAL_SEED))}  # fmt: skip
+
+    table = {"table": [list(row) for row in LOOKUP_TABLE]}
+    train_command(argv, name="lookup", steps=STEPS, config=CONFIG, train=run, evaluate=figures,
+                  extra=table)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -25,12 +25,8 @@ training settings, the loss and test-accuracy curves and `evaluate`'s figures.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import math
-import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,6 +42,7 @@ from circuits.zoo.modular import (
     modular_batch,
     modular_loss,
 )
+from circuits.zoo.trainer import train_command
 from circuits.zoo.transformers import Line, fit, hooked_state_dict, load_weights, tiny_transformer
 
 __all__ = ["evaluate", "init_weights", "main", "train"]
@@ -150,44 +147,20 @@ def _shift_accuracy(model: nn.Module, batch: ModularBatch, clock: Any, d: int) -
 
 def main(argv: list[str] | None = None) -> None:
     """The command line: train, save the weights and the JSON record, log the figures."""
-    parser = argparse.ArgumentParser(description="Train the circuits.zoo modular-addition model.")
-    parser.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=STEPS)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    torch.set_num_threads(args.threads)
 
-    from safetensors.torch import save_file
-
-    start = time.perf_counter()
-    model, losses, curve = train(seed=args.seed, steps=args.steps, progress=True)
-    seconds = time.perf_counter() - start
-    figures = evaluate(model)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(hooked_state_dict(model), str(args.out))
-    grokked = next((step for step, acc in curve if acc == 1.0), None)
-    record = {
-        "config": CONFIG,
-        "training": {
-            "command": f"python -m circuits.zoo.train_modular --out PATH --seed {args.seed}",
-            "seed": args.seed, "steps": args.steps, "lr": LR, "weight_decay": WEIGHT_DECAY,
-            "betas": list(BETAS), "warmup_steps": WARMUP,
+    def run(seed: int, steps: int) -> tuple[nn.Module, dict[str, Any], str]:
+        model, losses, curve = train(seed=seed, steps=steps, progress=True)
+        grokked = next((step for step, acc in curve if acc == 1.0), None)
+        settings = {
+            "lr": LR, "weight_decay": WEIGHT_DECAY, "betas": list(BETAS), "warmup_steps": WARMUP,
             "train_pairs": len(modular_batch("train")),
-            "seconds": round(seconds, 1), "threads": args.threads,
-            "model_class": type(model).__name__, "torch": torch.__version__,
             "loss_every_250_steps": [round(x, 6) for x in losses[::250]] + [round(losses[-1], 6)],
             "test_accuracy": [[step, round(acc, 4)] for step, acc in curve],
             "first_step_test_accuracy_1": grokked,
-        },
-        "eval": figures,
-    }  # fmt: skip
-    args.out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
-    log.info("trained in %.0f s; final loss %.6f; test accuracy 1.0 from step %s", seconds,
-             losses[-1], grokked)  # fmt: skip
-    log.info("%s", json.dumps(figures))
-    print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
+        }  # fmt: skip
+        return model, settings, f"final loss {losses[-1]:.6f}; test accuracy 1.0 from {grokked}"
+
+    train_command(argv, name="modular", steps=STEPS, config=CONFIG, train=run, evaluate=evaluate)
 
 
 if __name__ == "__main__":
