@@ -18,7 +18,7 @@ import torch
 
 import circuits as cc
 from benchmarks.resnet import logit0, resnet_case
-from benchmarks.timing import best_time, row
+from benchmarks.timing import best_time, interleaved, row
 from circuits.attribution import attribute
 from circuits.faithfulness import Faithfulness
 from circuits.metrics import cross_entropy, logit_diff
@@ -120,6 +120,17 @@ def induction_rows() -> list[dict[str, object]]:
 
 
 def conv_rows() -> list[dict[str, object]]:
+    """On one thread: the shared 2-core box gives a second thread only some of the time, which
+    moved the two-thread ratio between 2.6x and 3.7x from run to run."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _conv_rows()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _conv_rows() -> list[dict[str, object]]:
     model, clean, corrupt = resnet_case()
     metric = logit0
 
@@ -129,8 +140,9 @@ def conv_rows() -> list[dict[str, object]]:
 
     with torch.no_grad():
         forward = best_time(lambda: model(clean), repeat=3)
-    reference = best_time(forward_backward, repeat=3)
-    eap = best_time(lambda: attribute(model, clean, corrupt, metric, method="eap"), repeat=3)
+    eap, reference = interleaved(
+        [lambda: attribute(model, clean, corrupt, metric, method="eap"), forward_backward], repeat=7
+    )
     full = cc.build_graph(attribute(model, clean, corrupt, metric, method="eap"))
     circuit = cc.prune(full, top_k=full.number_of_edges() // 20)
     check = Faithfulness(model, full, clean, corrupt, metric)
@@ -140,7 +152,8 @@ def conv_rows() -> list[dict[str, object]]:
             f"conv EAP, {full.number_of_edges()} channel edges / fwd+bwd, ResNet-18 shape",
             eap,
             reference,
-            "2 x 3 x 64 x 64, skips included; ratio = fwd+bwd / ours",
+            "2 x 3 x 64 x 64, skips included, 1 thread, interleaved best of 7; ratio = fwd+bwd "
+            "/ ours, target >= 0.33 (<= 3x)",
         ),
         row(
             f"faithfulness, {circuit.number_of_edges()} edges / one forward, ResNet-18 shape",

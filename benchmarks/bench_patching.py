@@ -2,8 +2,11 @@
 
 TransformerLens's `get_act_patch_attn_head_out_by_pos` runs one full forward pass (all logits) per
 (layer, pos, head) patch. `circuits.patching.patch` stacks many patches along the batch of one
-pass, resumes each from the cached residual stream before the patched block, and computes logits
-only at the position the metric (a logit difference at the last position) reads.
+pass, resumes each from the cached residual stream before the patched block, runs positions before
+the patched one not at all (their cached keys and values stand in), runs the patched block on the
+patched position alone (a head's output at p changes nothing else in its block), runs the last
+block's queries and MLP only at the position the metric (a logit difference at the last position)
+reads, and computes logits only there.
 
 Rows, all on one CPU thread and timed in CPU seconds of this process (this 2-core box is shared:
 two threads under contention are far slower, and wall-clock times swing with the others' load):
@@ -12,7 +15,8 @@ two threads under contention are far slower, and wall-clock times swing with the
   pass is compute-bound, and stacking patches saves only TransformerLens's per-call overhead.
 - GPT-2-small shape: 12 layers, d_model 768, 12 heads, d_mlp 3072, d_vocab 50257, n_ctx 1024;
   batch 8 x 128 (12 * 12 * 128 = 18432 patches).
-- the same, ours against the compute floor: running only the blocks from the patched one on.
+- the same, ours against running the blocks from the patched one on, on every position (a whole-
+  block resume, the floor without the position savings).
 
 Every full sweep is extrapolated from timed subsets (the full ones take minutes to hours here).
 TransformerLens's cost per patch is the same for every patch (one full pass), so it is timed on a
@@ -164,20 +168,20 @@ def _large() -> list[dict[str, object]]:
     return [
         sweep,
         row(
-            "same gpt2-small sweep, ours per patch vs compute floor (blocks from the patched on)",
+            "same gpt2-small sweep, ours per patch vs whole blocks from the patched one on",
             per_ours,
             floor,
             f"floor: mean over layers 0 and 11 of running blocks L.. on the batch (2 patches "
             f"stacked, as ours ran), then the unembedding at the last position: {floor:.2f} "
-            "s/patch; ratio = floor/ours (1 = at the floor)",
+            "s/patch; ratio = whole blocks/ours (above 1: the position savings)",
         ),
     ]
 
 
 def _floor(model: Any, tokens: torch.Tensor, layers: Sequence[int], k: int) -> float:
     """Seconds per patch to run only the blocks from the patched one on, then the unembedding at
-    the last position, for k patches stacked as ours stacks them, averaged over `layers`: what no
-    implementation can avoid."""
+    the last position, for k patches stacked as ours stacks them, averaged over `layers`: the
+    floor of a resume that recomputes whole blocks."""
     cache = cc.capture(model, tokens, sites=[f"blocks.{ly}.hook_resid_pre" for ly in layers])
 
     def rest(layer: int) -> None:

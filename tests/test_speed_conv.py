@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import circuits as cc
-from circuits.attribution.conv import _weight_grad
+from circuits.attribution.conv import _weight_grad, channel_scores
 from circuits.hooks import run
 from circuits.ids import NodeId, node_row, unit_rows
 
@@ -40,6 +40,24 @@ def test_weight_grad_equals_autograd(options: dict) -> None:
     leaf = conv.weight.detach().clone().requires_grad_(True)
     (want,) = torch.autograd.grad(conv._conv_forward(x, leaf, None), [leaf], grad_outputs=[grad])
     torch.testing.assert_close(_weight_grad(conv, x, grad), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_channel_scores_equal_the_plain_sum(groups: int) -> None:
+    """score[i, o] = sum over the kernel of W[o, i] * dW[o, i] (dW the weight gradient of the
+    sender's difference), written where groups connect i and o; other pairs keep their value."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, padding=1, groups=groups)
+    x = torch.randn(2, 4, 9, 9)
+    grad = torch.randn_like(conv(x))
+    per = (conv.weight.detach() * _weight_grad(conv, x, grad)).flatten(2).sum(-1)  # [out, in/g]
+    want = torch.full((4, 6), float("nan"))
+    i, o = 4 // groups, 6 // groups
+    for g in range(groups):
+        want[g * i : (g + 1) * i, g * o : (g + 1) * o] = per[g * o : (g + 1) * o].T
+    got = torch.full((4, 6), float("nan"))
+    channel_scores(conv, x, grad, got)
+    torch.testing.assert_close(got, want, equal_nan=True)
 
 
 class Counting(nn.Conv2d):

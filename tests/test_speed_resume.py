@@ -1,7 +1,9 @@
 """Resumed patching passes against full ones: from a cached block, over a suffix of positions.
 
 A patch that first touches position p runs only blocks L.. and only positions p.., attending to
-the base run's cached keys and values before p. Its values must equal a full, unresumed run
+the base run's cached keys and values before p; a patch at p alone, after block L's attention has
+mixed positions, runs block L on position p alone; the last block (when unpatched) computes only
+its keys and values before the metric's first position. Its values must equal a full, unresumed run
 (`fast=False`) and TransformerLens's own patching functions, for patches at the first and the last
 position and on a right-padded batch whose metric reads each row's last real token. Both
 transformer-lens lines (the `transformer` mark).
@@ -48,6 +50,8 @@ def test_suffix_pass_equals_full_pass(model, tokens, patched):
     # transformer-lens 3's bridge falls back to all positions (checked equal all the same).
     native = type(model).__name__ == "HookedTransformer" or not hooked_available()
     assert run.runner.suffix or not native
+    assert run.runner.local or not native
+    assert run.runner.tail or not native
     mask = torch.zeros(2, SEQ, 4, 1, dtype=torch.bool)
     mask[0, patched, 1] = True
     mask[1, patched:, 2] = True
@@ -90,3 +94,26 @@ def test_padded_batch_matches_full_run(model, tokens):
     fast = patch(model, clean, corrupt, metric, site=site, unit=("pos", "head"))
     full = patch(model, clean, corrupt, metric, site=site, unit=("pos", "head"), fast=False)
     assert float((fast.values - full.values).abs().max()) <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "site",
+    [
+        "blocks.{L}.hook_resid_pre",  # mixed by the block's attention: positions p.. change
+        "blocks.{L}.attn.hook_k",
+        "blocks.{L}.attn.hook_q",  # the rest change position p alone in their block
+        "blocks.{L}.hook_resid_mid",
+        "blocks.{L}.mlp.hook_post",
+        "blocks.{L}.hook_resid_post",
+    ],
+)
+def test_one_position_patches_equal_full_runs(model, tokens, site):
+    """Each position of each block patched alone: the resumed passes (one-position blocks where
+    the site allows) against full forward passes, for a metric at the last and at a middle
+    position."""
+    clean, corrupt = tokens
+    for position in (-1, SEQ // 2):
+        metric = _metric(position)
+        fast = patch(model, clean, corrupt, metric, site=site, unit="pos")
+        full = patch(model, clean, corrupt, metric, site=site, unit="pos", fast=False)
+        assert float((fast.values - full.values).abs().max()) <= 1e-5

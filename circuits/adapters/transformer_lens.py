@@ -53,6 +53,19 @@ HOOK_AXES: dict[str, tuple[tuple[str, ...], ...]] = {
     "hook_post": (_MLP,),
 }
 
+# Hooks inside a block that come after its attention mixes positions (or on the query side of
+# it): a change there at position p reaches no other position before the next block.
+_POSITION_LOCAL = {
+    "hook_q", "hook_rot_q", "hook_q_input", "hook_z", "hook_result", "hook_attn_out",
+    "hook_resid_mid", "hook_mlp_in", "hook_mlp_out", "hook_resid_post",
+}  # fmt: skip
+
+
+def position_local(name: str) -> bool:
+    """Whether a change at one position of the block hook `name` stays at that position until
+    the block ends (the query side and everything after the attention's mixing)."""
+    return name.rsplit(".", 1)[-1] in _POSITION_LOCAL or ".mlp." in name or ".ln2." in name
+
 
 def is_transformer_lens(model: nn.Module) -> bool:
     """True for HookedTransformer, TransformerBridge and other HookedRootModule-like models.
@@ -120,6 +133,8 @@ def resume(
     positions: Sequence[int] | None,
     batch: int,
     past: Mapping[int, tuple[Tensor, Tensor]] | None = None,
+    after: Tensor | None = None,
+    tail: bool = False,
 ) -> list[Tensor]:
     """The logits of a pass resumed from `resid` (blocks.start.hook_resid_pre), cut into runs of
     `batch` rows. With `positions`, the final norm and the unembedding run only there; the logits
@@ -130,11 +145,27 @@ def resume(
     and hook_v hold them) at the first p positions, which a change at position p or later cannot
     reach; `resid` then holds positions p.. only, and every block attends to those cached keys
     instead of recomputing them (`positions` must all be >= p).
+
+    after: the base run's stream after block `start` at the positions that follow `resid`'s,
+    when `resid` holds the only positions a patch in block `start` changes (`position_local`):
+    block `start` runs on `resid` alone, and the later blocks on it followed by `after`.
+
+    tail: with `positions`, the last block (if after `start`) computes only its keys and values
+    before the first of them, and runs whole from there (no hook may read that block).
     """
     offset = 0 if past is None else past[start][0].shape[1]
     x = resid
+    last = len(model.blocks) - 1
     for layer, block in enumerate(model.blocks[start:], start):
-        x = _block(block, x, None if past is None else past[layer])
+        kv = None if past is None else past[layer]
+        cut = positions[0] - offset if tail and positions and start < layer == last else 0
+        if cut > 0:
+            keys, values = _keys_values(block, x[:, :cut])
+            kv = (keys, values) if kv is None else (_cat(kv[0], keys), _cat(kv[1], values))
+            x, offset = x[:, cut:], offset + cut
+        x = _block(block, x, kv)
+        if after is not None and layer == start:
+            x = torch.cat([x, after], dim=1)
     rows, seq = x.shape[0], offset + x.shape[1]
     if positions is not None:
         x = x[:, [p - offset for p in positions]]
@@ -169,6 +200,25 @@ def _block(block: nn.Module, x: Tensor, kv: tuple[Tensor, Tensor] | None) -> Ten
         else:
             out = block(x, past_kv_cache_entry=_cache_entry(*kv))
     return out[0] if isinstance(out, tuple) else out
+
+
+def _keys_values(block: Any, x: Tensor) -> tuple[Tensor, Tensor]:
+    """The block's attention keys and values at the positions of `x` ([rows, pos, head,
+    d_head], as its key-value cache holds them), through its own modules."""
+    h = block.ln1(x)
+    native: Any = getattr(getattr(block, "attn", None), "original_component", None)
+    if getattr(native, "accepts_pattern_fn", False):
+        shape = (*x.shape[:2], native.n_kv_heads, native.d_head)
+        return native.k(h).view(shape), native.v(h).view(shape)
+    cfg = block.cfg
+    if cfg.use_split_qkv_input or cfg.use_attn_in:
+        raise ModelError("the keys alone are computed only from an unsplit attention input")
+    _, keys, values = block.attn.calculate_qkv_matrices(h[:, :1], h, h)
+    return keys, values
+
+
+def _cat(past: Tensor, now: Tensor) -> Tensor:
+    return torch.cat([past.to(now.dtype), now], dim=1)
 
 
 def _cache_entry(keys: Tensor, values: Tensor) -> Any:

@@ -236,3 +236,13 @@ def feature_kind(basis: FeatureBasis, site: str, axis: str | None) -> str:
     """The node kind of a basis's features at `site` (its axis named `axis`): a unit basis's
     units keep theirs (a channel, a neuron), any other basis's are features."""
     return node_kind(site, axis) if isinstance(basis, UnitBasis) else "feature"
+
+
+def nan_matrix(rows: int, cols: int, device: torch.device | str = "cpu") -> Tensor:
+    """A [rows, cols] edge matrix of NaN (no edge yet), in torch's default dtype. On the CPU numpy
+    allocates it: numpy asks Linux for huge pages on large arrays, so a conv net's 90 MB matrix
+    costs a few hundred page faults instead of some 22,000, and is made about 2.5x faster."""
+    dtype = torch.get_default_dtype()
+    if torch.device(device).type != "cpu" or dtype not in (torch.float32, torch.float64):
+        return torch.full((rows, cols), math.nan, device=device)
+    return torch.from_numpy(np.full((rows, cols), np.nan, dtype=str(dtype).removeprefix("torch.")))

@@ -6,7 +6,8 @@ channel graph of a conv net (`circuits.modelgraph.channels`).
 * `deltas`: the change of each conv's input when one node alone takes its source value and every
   other conv's output keeps its base value (that node's direct effect there). Where a conv reads
   one node, that is the plain difference of its input between the runs; otherwise the node is
-  patched, several nodes per forward pass, stacked along the batch.
+  patched, nodes that feed no conv in common together, several such groups per forward pass,
+  stacked along the batch.
 """
 
 from __future__ import annotations
@@ -81,19 +82,36 @@ def deltas(
         out.update(
             {(INPUT, conv): moved[conv] - graph.inputs[conv] for conv in graph.shared(INPUT)}
         )
-    patched = [name for name in graph.order if graph.shared(name)]
+    variants = _disjoint([name for name in graph.order if graph.shared(name)], graph)
     batch = graph.values[INPUT].shape[0]
-    for part in chunks(len(patched), max(1, max_batch // batch)):
-        group = [patched[i] for i in part]
+    for part in chunks(len(variants), max(1, max_batch // batch)):
+        group = [variants[i] for i in part]
         stacked = {
-            name: torch.cat([source_values[name] if s == name else value for s in group])
+            name: torch.cat([source_values[name] if name in nodes else value for nodes in group])
             for name, value in frozen.items()
         }
         _, moved = patched_run(model, repeat(base, len(group)), stacked)
-        for i, node in enumerate(group):
-            for conv in graph.shared(node):
-                out[node, conv] = moved[conv][i * batch : (i + 1) * batch] - graph.inputs[conv]
+        for i, nodes in enumerate(group):
+            for node in nodes:
+                for conv in graph.shared(node):
+                    out[node, conv] = moved[conv][i * batch : (i + 1) * batch] - graph.inputs[conv]
     return out
+
+
+def _disjoint(nodes: list[str], graph: Trace) -> list[list[str]]:
+    """`nodes` in groups that may take their source values in one run: with every conv's output
+    frozen, a node reaches only the inputs of the convs it feeds directly, so nodes that share
+    no such conv leave each other's readings alone (greedy, first group that fits)."""
+    groups: list[tuple[list[str], set[str]]] = []
+    for node in nodes:
+        reads = set(graph.shared(node))
+        fit = next((g for g in groups if not g[1] & reads), None)
+        if fit is None:
+            groups.append(([node], reads))
+        else:
+            fit[0].append(node)
+            fit[1].update(reads)
+    return [members for members, _ in groups]
 
 
 def _add_folded(into: dict[str, Tensor], grads: Mapping[str, Tensor], k: int) -> None:

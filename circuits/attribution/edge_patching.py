@@ -37,7 +37,7 @@ from circuits.metrics import MetricFn, metric_name, metric_positions, metric_val
 from circuits.modelgraph.channels import INPUT, Conv, Trace, trace
 from circuits.modelgraph.residual_ablation import Clean, ResidualAblation
 
-from .common import DEFAULT_MAX_BATCH
+from .common import DEFAULT_MAX_BATCH, nan_matrix
 from .conv import OUTPUT, ablated_nodes, blocks, conv_layers, conv_nodes
 from .conv_graph import deltas
 from .methods import EdgePatching
@@ -68,7 +68,7 @@ def _transformer(
     per_pass = cfg.max_batch // batch if cfg.max_batch else g.rows_per_pass(base)
     edges = g.valid.nonzero()
     layer = torch.where(edges[:, 1] == len(g.receivers) - 1, g.n_layers, g.recv_layer[edges[:, 1]])
-    scores = torch.full(g.valid.shape, float("nan"))
+    scores = nan_matrix(*g.valid.shape)
     with progress_bar(len(edges), "edge patching", cfg.progress, unit="edge") as bar:
         for ly in layer.unique().tolist():  # one resumed block per group of passes
             group = edges[layer == ly]
@@ -124,7 +124,7 @@ def _conv(
     senders = [INPUT, *graph.order]
     rows = blocks(senders, [graph.values[n].shape[1] for n in senders])
     cols = blocks([*graph.order, OUTPUT], [convs[n].out_channels for n in graph.order] + [1])
-    scores = torch.full((rows[senders[-1]].stop, cols[OUTPUT].stop), float("nan"))
+    scores = nan_matrix(rows[senders[-1]].stop, cols[OUTPUT].stop)
     jobs = [(conv, node) for conv in graph.order for node in graph.feeds[conv]]
     jobs += [(OUTPUT, node) for node in graph.grads.direct]
     per_pass = max(1, rows_per_pass // batch)

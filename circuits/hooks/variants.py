@@ -12,9 +12,11 @@ blocks L.., and when the metric declares the positions it reads, the final Layer
 unembedding run only there (`circuits.adapters.transformer_lens.resume`). In a causal model a patch
 that first touches position p cannot change positions before p either: when the metric reads only
 positions >= p, the blocks run on positions p.. alone, attending to the base run's cached keys and
-values (hook_k, hook_v) at the earlier ones. Before first use each resumed pass is checked against
-the base run's output; a model on which it does not reproduce the full forward falls back to full
-passes (or to all positions).
+values (hook_k, hook_v) at the earlier ones. A patch at that one position p, after the patched
+block's attention has mixed positions (`position_local`), changes nothing else in that block: the
+block runs on position p alone and the next one starts from it and the base run's stream after
+the block. Before first use each resumed pass is checked against the base run's output; a model on
+which it does not reproduce the full forward falls back to full passes (or to all positions).
 """
 
 from __future__ import annotations
@@ -28,7 +30,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from circuits.adapters.transformer_lens import can_resume, hook_axes, hook_table, resume
+from circuits.adapters.transformer_lens import (
+    can_resume,
+    hook_axes,
+    hook_table,
+    position_local,
+    resume,
+)
 from circuits.checks import check_int
 from circuits.errors import ConfigError
 from circuits.hooks.run import run
@@ -66,12 +74,15 @@ class Runner:
         positions: tuple[int, ...] | None = None,
         resid: Mapping[int, Tensor] | None = None,
         past: Mapping[int, tuple[Tensor, Tensor]] | None = None,
+        after: Mapping[int, Tensor] | None = None,
     ) -> None:
         self.model = model
         self.base = base
         self.batch = batch
         self.resid = dict(resid or {})
         self.past = dict(past or {})  # block -> its keys and values (hook_k, hook_v) on the base
+        self.after = dict(after or {})  # block -> the base's stream after it (hook_resid_post)
+        self.n_blocks = len(getattr(model, "blocks", ()))
         seq = base.shape[1] if isinstance(base, Tensor) and base.ndim >= 2 else None
         self.positions = (
             None
@@ -80,6 +91,9 @@ class Runner:
         )
         self.resumable = False
         self.suffix = False  # whether resumed passes may skip the positions before a patch
+        self.local = False  # whether a one-position patch may run its block on that position alone
+        self.tail = False  # whether the last block may skip all but its keys and values before
+        # the metric's positions (`resume`'s tail), when no patch is in it
 
     def enable_resume(self, base_output: Any, layer: int) -> bool:
         """Turn the resumed pass on if, from `layer`, it reproduces the base run's output; then the
@@ -90,16 +104,24 @@ class Runner:
         if self.resumable and self.past and self.positions:
             cut = min(self.base.shape[1] // 2, self.positions[0])
             self.suffix = cut > 0 and self._reproduces(base_output, min(self.past), cut)
+            self.local = (
+                self.suffix
+                and layer in self.after
+                and self._reproduces(base_output, layer, cut, local=True)
+            )
+            self.tail = min(self.resid) < self.n_blocks - 1 and self._reproduces(
+                base_output, min(self.resid), 0, tail=True
+            )
         return self.resumable
 
-    def _reproduces(self, base_output: Any, layer: int, first: int) -> bool:
-        """Whether the pass resumed at `layer` over positions `first`.. gives the base output."""
+    def _reproduces(
+        self, base_output: Any, layer: int, first: int, local: bool = False, tail: bool = False
+    ) -> bool:
+        """Whether the pass resumed at `layer` over positions `first`.. (with `local`, block
+        `layer` on position `first` alone; with `tail`, `resume`'s tail) gives the base output."""
         try:
             with torch.no_grad():
-                (out,) = resume(
-                    self.model, self.resid[layer][:, first:], layer, self.positions, self.batch,
-                    self._prefix(layer, first, 1),
-                )  # fmt: skip
+                (out,) = self._resume(1, layer, first, local, tail)()
         except Exception as err:  # a capability probe: any failure means "use full passes"
             log.info("resumed forward unavailable (%s); running full forward passes", err)
             return False
@@ -123,20 +145,36 @@ class Runner:
             if ly >= start
         }
 
-    def _firsts(self, k: int, patches: Mapping[str, Sequence[SitePatch]]) -> list[int]:
+    def _resume(self, k: int, start: int, first: int, local: bool, tail: bool) -> Any:
+        """The forward of k variants resumed at block `start` over positions `first`.. (with
+        `local`, block `start` over position `first` alone; `tail`: see `resume`)."""
+        end = first + 1 if local else None
+        x = repeat(self.resid[start][:, first:end], k)
+        after = repeat(self.after[start][:, first + 1 :], k) if local else None
+        past = self._prefix(start, first, k)
+        return lambda: resume(self.model, x, start, self.positions, self.batch, past, after, tail)
+
+    def _firsts(self, k: int, patches: Mapping[str, Sequence[SitePatch]]) -> list[tuple[int, bool]]:
         """Per variant, the first position a patch touches, capped by the metric's first (0:
-        a patch spans all positions, or its site has no position axis)."""
+        a patch spans all positions, or its site has no position axis), and whether the patches
+        touch that position alone at sites of one block where it stays local (`position_local`)."""
         cap = self.positions[0] if self.positions else 0
         firsts = torch.full((k,), cap)
+        lasts = torch.full((k,), -1)
+        local = self.local and len({layer_of(n) for n in patches}) == 1
         for name, mine in patches.items():
+            local = local and position_local(name)
             for p in mine:
                 axes = hook_axes(name, p.mask.ndim)
                 if axes is None or "pos" not in axes or p.mask.shape[axes.index("pos")] == 1:
-                    return [0] * k
+                    return [(0, False)] * k
                 hit = p.mask.movedim(axes.index("pos"), 1).flatten(2).any(2).expand(k, -1).cpu()
-                first = torch.where(hit.any(1), hit.int().argmax(1), cap)
-                firsts = torch.minimum(firsts, first)
-        return firsts.tolist()
+                seen = hit.any(1)
+                firsts = torch.minimum(firsts, torch.where(seen, hit.int().argmax(1), cap))
+                final = hit.shape[1] - 1 - hit.flip(1).int().argmax(1)
+                lasts = torch.maximum(lasts, torch.where(seen, final, -1))
+        pairs = zip(firsts.tolist(), lasts.tolist(), strict=True)
+        return [(first, local and first == last) for first, last in pairs]
 
     def start(self, names: Sequence[str]) -> int | None:
         """The block to resume from for a pass that touches `names` (None: a full pass)."""
@@ -164,18 +202,22 @@ class Runner:
             firsts = self._firsts(k, patches)
             if len(set(firsts)) > 1:  # one pass per first position: each skips what it can
                 return self._by_first(k, patches, start, firsts), {}
-            return self._pass(k, patches, start, None, (), firsts[0])
+            return self._pass(k, patches, start, None, (), *firsts[0])
         return self._pass(k, patches, start, stop_after, record, 0)
 
     def _by_first(
-        self, k: int, patches: Mapping[str, Sequence[SitePatch]], start: int, firsts: list[int]
+        self,
+        k: int,
+        patches: Mapping[str, Sequence[SitePatch]],
+        start: int,
+        firsts: list[tuple[int, bool]],
     ) -> list[Any]:
         """The outputs of k variants, run in groups that share their first patched position."""
         outputs: list[Any] = [None] * k
         for first in sorted(set(firsts)):
             rows = [i for i in range(k) if firsts[i] == first]
             mine = {name: [_pick(p, rows) for p in ps] for name, ps in patches.items()}
-            outs, _ = self._pass(len(rows), mine, start, None, (), first)
+            outs, _ = self._pass(len(rows), mine, start, None, (), *first)
             for i, out in zip(rows, outs or [], strict=True):
                 outputs[i] = out
         return outputs
@@ -188,20 +230,23 @@ class Runner:
         stop_after: str | None,
         record: Sequence[str],
         first: int,
+        local: bool = False,
     ) -> tuple[list[Any] | None, dict[str, Tensor]]:
-        """One forward pass of k variants (`forward`), over positions `first`.. when resumed."""
+        """One forward pass of k variants (`forward`), over positions `first`.. when resumed
+        (with `local`, the patched block over position `first` alone)."""
         batch = self.batch
 
         def make(mine: Sequence[SitePatch]) -> Any:
             def fn(act: Tensor, site: Site) -> Tensor:
                 stacked = act.reshape(k, batch, *act.shape[1:])
-                pos = site.axes.index("pos") if first else 0
+                pos = site.axes.index("pos") + 1 if first or local else 0
                 for p in mine:
                     src = p.source.to(act.device, act.dtype)
                     src = src if p.per_variant else src.unsqueeze(0)
                     mask = p.mask.to(act.device).unsqueeze(1)
-                    if first:  # this pass holds positions first.. only
-                        src, mask = _tail(src, pos + 1, first), _tail(mask, pos + 1, first)
+                    if pos:  # this pass holds positions first.. (or first alone) only
+                        n = stacked.shape[pos]
+                        src, mask = _window(src, pos, first, n), _window(mask, pos, first, n)
                     stacked = torch.where(mask, src, stacked)
                 return stacked.reshape(act.shape)
 
@@ -209,9 +254,10 @@ class Runner:
 
         forward = None
         if start is not None and self.resumable:
-            x = repeat(self.resid[start][:, first:], k)
-            past = self._prefix(start, first, k)
-            forward = lambda: resume(self.model, x, start, self.positions, batch, past)  # noqa: E731
+            last = f"blocks.{self.n_blocks - 1}."
+            touched = [*patches, *record, *([stop_after] if stop_after else [])]
+            tail = self.tail and not any(n.startswith(last) for n in touched)
+            forward = self._resume(k, start, first, local, tail)
         ran = run(
             self.model,
             repeat(self.base, k),
@@ -235,9 +281,10 @@ def _pick(patch: SitePatch, rows: list[int]) -> SitePatch:
     )
 
 
-def _tail(t: Tensor, dim: int, first: int) -> Tensor:
-    """Positions `first`.. of axis `dim` (an axis of size 1 broadcasts and stays)."""
-    return t if t.shape[dim] == 1 else t.narrow(dim, first, t.shape[dim] - first)
+def _window(t: Tensor, dim: int, first: int, n: int) -> Tensor:
+    """Positions `first` .. `first + n - 1` of axis `dim` (an axis of size 1 broadcasts and
+    stays)."""
+    return t if t.shape[dim] == 1 else t.narrow(dim, first, n)
 
 
 @dataclass(frozen=True)
@@ -245,9 +292,9 @@ class Budget:
     """How many variants share a forward pass, and whether to resume from a cached layer.
 
     max_batch: rows (variants x batch) per forward pass; None picks it from `memory` (bytes).
-    fast: resume from the cached residual stream before the patched block and compute logits only
-    at the positions the metric declares (TransformerLens models); False runs every variant through
-    the whole model. progress: show a tqdm bar (None: only on a terminal).
+    fast: resume from the cached residual stream before the patched block, skip the positions a
+    patch cannot reach, and compute logits only at the positions the metric declares
+    (TransformerLens models; module docstring); False runs every variant through the whole model. progress: show a tqdm bar (None: only on a terminal).
     """
 
     max_batch: int | None = None
@@ -299,7 +346,8 @@ def base_run(
     resid = [f"blocks.{ly}.hook_resid_pre" for ly in blocks] if resume_ok else []
     kv = _kv_sites(model, min(blocks)) if resume_ok and positions else {}
     kv_names = [name for pair in kv.values() for name in pair]
-    ran = run(model, base, record=list(dict.fromkeys([*sites, *resid, *kv_names])))
+    after = [f"blocks.{ly}.hook_resid_post" for ly in blocks] if kv else []
+    ran = run(model, base, record=list(dict.fromkeys([*sites, *resid, *kv_names, *after])))
     value = float(metric_value(metric, ran.output))
     batch = batch_size(base)
     runner = Runner(
@@ -311,6 +359,7 @@ def base_run(
         if resume_ok
         else None,
         past={ly: (ran.recorded[k], ran.recorded[v]) for ly, (k, v) in kv.items()},
+        after={ly: ran.recorded[f"blocks.{ly}.hook_resid_post"] for ly in blocks} if kv else None,
     )
     if resume_ok:
         runner.enable_resume(ran.output, max(blocks))

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import networkx as nx
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -82,29 +83,44 @@ class ChannelAblation:
         self.clean_sites = self.sender_sites
 
     def keep(self, g: nx.DiGraph, edges: Iterable[tuple[str, str]]) -> Keep:
-        """Which of the model's channel edges are kept: `edges` (keys of g's nodes)."""
+        """Which of the model's channel edges are kept: `edges` (keys of g's nodes), gathered
+        into index lists and set in bulk (a circuit has 10^5 edges and more)."""
         masks = {
             name: torch.zeros(len(self.feeds[name]), conv.out_channels, conv.in_channels,
                               dtype=torch.bool)
             for name, conv in self.convs.items()
         }  # fmt: skip
         out = {n: torch.zeros(self._channels(n), dtype=torch.bool) for n in self.direct}
-        nodes = g.nodes
+        nodes = {
+            key: (INPUT if a.get("kind") == "input" else str(a.get("site")), a.get("kind"),
+                  int(a.get("unit", -1)))
+            for key, a in g.nodes(data=True)
+        }  # fmt: skip
+        feeder = {
+            (n, conv): i for conv, senders in self.feeds.items() for i, n in enumerate(senders)
+        }
+        picks: dict[str, list[tuple[int, int, int]]] = {name: [] for name in masks}
+        outs: dict[str, list[int]] = {n: [] for n in out}
         for u, v in edges:
-            a, b = nodes[u], nodes[v]
-            node = INPUT if a.get("kind") == "input" else str(a.get("site"))
-            if b.get("kind") == "output":
-                if node not in out:
+            node, _, unit = nodes[u]
+            target, kind, target_unit = nodes[v]
+            if kind == "output":
+                if node not in outs:
                     raise InputError(f"edge {u!r} -> {v!r}: {u!r} does not feed the output")
-                out[node][int(a["unit"])] = True
+                outs[node].append(unit)
                 continue
-            target = str(b.get("site"))
-            if node not in self.feeds.get(target, []):
+            i = feeder.get((node, target))
+            if i is None:
                 raise InputError(
                     f"edge {u!r} -> {v!r} does not join a node to a conv it feeds directly in "
                     "this model; use a graph that cc.attribute built for this model"
                 )
-            masks[target][self.feeds[target].index(node), int(b["unit"]), int(a["unit"])] = True
+            picks[target].append((i, target_unit, unit))
+        for name, rows in picks.items():
+            if rows:
+                masks[name][tuple(torch.from_numpy(np.array(rows).T))] = True
+        for node, units in outs.items():
+            out[node][units] = True
         return masks, out
 
     def prepare(self, inputs: Any, ablated: dict[str, Tensor]) -> Prepared:
