@@ -294,7 +294,8 @@ class Budget:
     max_batch: rows (variants x batch) per forward pass; None picks it from `memory` (bytes).
     fast: resume from the cached residual stream before the patched block, skip the positions a
     patch cannot reach, and compute logits only at the positions the metric declares
-    (TransformerLens models; module docstring); False runs every variant through the whole model. progress: show a tqdm bar (None: only on a terminal).
+    (TransformerLens models; module docstring); False runs every variant through the whole model.
+    progress: show a tqdm bar (None: only on a terminal).
     """
 
     max_batch: int | None = None
