@@ -42,13 +42,16 @@ def test_weight_grad_equals_autograd(options: dict) -> None:
     torch.testing.assert_close(_weight_grad(conv, x, grad), want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("groups", [1, 2])
-def test_channel_scores_equal_the_plain_sum(groups: int) -> None:
+@pytest.mark.parametrize(("groups", "layout"), [(1, None), (2, None), (1, torch.channels_last)])
+def test_channel_scores_equal_the_plain_sum(groups: int, layout: torch.memory_format) -> None:
     """score[i, o] = sum over the kernel of W[o, i] * dW[o, i] (dW the weight gradient of the
-    sender's difference), written where groups connect i and o; other pairs keep their value."""
+    sender's difference), written where groups connect i and o; other pairs keep their value.
+    A channels-last model's weight gradient is not contiguous."""
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 6, 3, padding=1, groups=groups)
     x = torch.randn(2, 4, 9, 9)
+    if layout is not None:
+        conv, x = conv.to(memory_format=layout), x.to(memory_format=layout)
     grad = torch.randn_like(conv(x))
     per = (conv.weight.detach() * _weight_grad(conv, x, grad)).flatten(2).sum(-1)  # [out, in/g]
     want = torch.full((4, 6), float("nan"))

@@ -149,7 +149,7 @@ def channel_scores(conv: Conv, diff: Tensor, grad: Tensor, into: Tensor) -> None
     c_out, i = wgrad.shape[:2]
     # the sum over each kernel as a matrix-vector product: a plain sum over so short an axis is
     # several times slower
-    per = (wgrad.view(c_out * i, -1) @ wgrad.new_ones(wgrad[0, 0].numel())).view(c_out, i)
+    per = (wgrad.reshape(c_out * i, -1) @ wgrad.new_ones(wgrad[0, 0].numel())).view(c_out, i)
     o = c_out // int(conv.groups)
     for g in range(int(conv.groups)):
         into[g * i : (g + 1) * i, g * o : (g + 1) * o].T.copy_(per[g * o : (g + 1) * o])
