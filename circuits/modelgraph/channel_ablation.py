@@ -93,7 +93,7 @@ class ChannelAblation:
         out = {n: torch.zeros(self._channels(n), dtype=torch.bool) for n in self.direct}
         nodes = {
             key: (INPUT if a.get("kind") == "input" else str(a.get("site")), a.get("kind"),
-                  int(a.get("unit", -1)))
+                  a.get("unit"))
             for key, a in g.nodes(data=True)
         }  # fmt: skip
         feeder = {
@@ -107,7 +107,7 @@ class ChannelAblation:
             if kind == "output":
                 if node not in outs:
                     raise InputError(f"edge {u!r} -> {v!r}: {u!r} does not feed the output")
-                outs[node].append(unit)
+                outs[node].append(int(unit))
                 continue
             i = feeder.get((node, target))
             if i is None:
@@ -115,7 +115,7 @@ class ChannelAblation:
                     f"edge {u!r} -> {v!r} does not join a node to a conv it feeds directly in "
                     "this model; use a graph that cc.attribute built for this model"
                 )
-            picks[target].append((i, target_unit, unit))
+            picks[target].append((i, int(target_unit), int(unit)))
         for name, rows in picks.items():
             if rows:
                 masks[name][tuple(torch.from_numpy(np.array(rows).T))] = True
