@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 
@@ -24,15 +25,28 @@ def interleaved(fns: list[Callable[[], object]], *, repeat: int = 5) -> list[flo
     Interleaving puts every variant under the same background load, which matters more than
     the number of repeats on a shared machine.
     """
+    return [min(times) for times in zip(*rounds(fns, repeat=repeat), strict=True)]
+
+
+def rounds(fns: list[Callable[[], object]], *, repeat: int = 5) -> list[list[float]]:
+    """Per round, the wall-clock seconds of each function, timed in turn after a warm-up: the
+    functions of one round ran under the same load, so ratios within a round compare."""
     for fn in fns:
         fn()
-    best = [float("inf")] * len(fns)
+    out = []
     for _ in range(repeat):
-        for i, fn in enumerate(fns):
+        times = []
+        for fn in fns:
             start = time.perf_counter()
             fn()
-            best[i] = min(best[i], time.perf_counter() - start)
-    return best
+            times.append(time.perf_counter() - start)
+        out.append(times)
+    return out
+
+
+def paired_ratio(times: list[list[float]], reference: int, ours: int) -> float:
+    """The median over rounds of reference time / our time (`rounds`' output, by index)."""
+    return statistics.median(r[reference] / r[ours] for r in times)
 
 
 def row(benchmark: str, ours: float, reference: float, note: str = "") -> dict[str, object]:
