@@ -12,7 +12,6 @@ of the rounds' ratios (times: medians).
 from __future__ import annotations
 
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ import torch
 
 import circuits as cc
 from benchmarks.resnet import resnet18
-from benchmarks.timing import paired_ratio, rounds, row
+from benchmarks.timing import medians, paired_ratio, rounds, row, threads
 
 HOW = "1 thread, median of interleaved rounds"
 
@@ -42,21 +41,20 @@ def transformer_rows() -> list[dict[str, object]]:
             ],
             repeat=4,
         )
-    bare, rwc, one, every = (statistics.median(r[i] for r in times) for i in range(4))
+    bare, rwc, one, every = medians(times)
     kind = type(model).__name__
+    n_sites = len(cc.capture(model, tokens[:1, :4]))
     return [
-        {
-            **row("capture 1 site / bare forward, gpt2-small shape", one, bare, ""),
-            "ratio": paired_ratio(times, 0, 2),
-            "note": f"{kind}; {HOW}; ratio = bare/ours, target >= 0.98",
-        },
-        {
-            **row("capture all sites / run_with_cache, gpt2-small shape", every, rwc, ""),
-            "ratio": paired_ratio(times, 1, 3),
-            "note": f"{len(cc.capture(model, tokens[:1, :4]))} sites; {HOW}; ratio = "
-            "run_with_cache/ours, target >= 1",
-        },
-    ]
+        row(
+            "capture 1 site / bare forward, gpt2-small shape", one, bare,
+            f"{kind}; {HOW}; ratio = bare/ours, target >= 0.98", paired_ratio(times, 0, 2),
+        ),
+        row(
+            "capture all sites / run_with_cache, gpt2-small shape", every, rwc,
+            f"{n_sites} sites; {HOW}; ratio = run_with_cache/ours, target >= 1",
+            paired_ratio(times, 1, 3),
+        ),
+    ]  # fmt: skip
 
 
 def conv_rows() -> list[dict[str, object]]:
@@ -71,20 +69,19 @@ def conv_rows() -> list[dict[str, object]]:
             ],
             repeat=9,
         )
-    bare, one, every = (statistics.median(r[i] for r in times) for i in range(3))
+    bare, one, every = medians(times)
     n_sites = len(cc.capture(model, images[:1]))
     return [
-        {
-            **row("capture 1 site / bare forward, resnet-18 shape", one, bare, ""),
-            "ratio": paired_ratio(times, 0, 1),
-            "note": f"{HOW}; ratio = bare/ours, target >= 0.98",
-        },
-        {
-            **row("capture all sites / bare forward, resnet-18 shape", every, bare, ""),
-            "ratio": paired_ratio(times, 0, 2),
-            "note": f"{n_sites} sites, each copied (in-place safety); {HOW}; ratio = bare/ours",
-        },
-    ]
+        row(
+            "capture 1 site / bare forward, resnet-18 shape", one, bare,
+            f"{HOW}; ratio = bare/ours, target >= 0.98", paired_ratio(times, 0, 1),
+        ),
+        row(
+            "capture all sites / bare forward, resnet-18 shape", every, bare,
+            f"{n_sites} sites, each copied (in-place safety); {HOW}; ratio = bare/ours",
+            paired_ratio(times, 0, 2),
+        ),
+    ]  # fmt: skip
 
 
 def disk_rows() -> list[dict[str, object]]:
@@ -142,12 +139,8 @@ def _high_water_kib() -> int:
 
 
 def run() -> list[dict[str, object]]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with threads(1):
         timed = transformer_rows() + conv_rows()
-    finally:
-        torch.set_num_threads(threads)
     return timed + disk_rows()
 
 

@@ -40,7 +40,7 @@ import pandas as pd
 import torch
 
 import circuits as cc
-from benchmarks.timing import row
+from benchmarks.timing import row, threads
 from circuits.hooks import variants as engine
 from circuits.metrics import logit_diff
 from circuits.patching import patch
@@ -201,12 +201,8 @@ def _floor(model: Any, tokens: torch.Tensor, layers: Sequence[int], k: int) -> f
 
 
 def run() -> list[dict[str, object]]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with threads(1):
         rows = [_small(50257), _small(1000), *_large()]
-    finally:
-        torch.set_num_threads(threads)
     load = os.getloadavg()[0]  # a shared box: say how busy it was
     for r in rows:
         r["note"] = f"{r['note']}; load avg {load:.1f} on {os.cpu_count()} cores"

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import torch
 
+from benchmarks.timing import threads as set_threads
 from circuits.toy import ToyConfig, ToyModel, train
 
 logger = logging.getLogger(__name__)
@@ -58,9 +59,7 @@ def run(
     sparsity = [1 - 10 ** (-3 * i / max(instances - 1, 1)) for i in range(instances)]
     batched = ToyConfig(n_features=20, n_hidden=5, n_instances=instances, sparsity=sparsity)
     load = os.getloadavg()[0]
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with set_threads(threads):
         train(ToyModel(batched), steps=5, progress=False)  # warm-up: first-call setup costs
         ours = _timed(
             lambda: train(ToyModel(batched), steps=steps, batch_size=batch_size, progress=False)
@@ -81,8 +80,6 @@ def run(
                 ToyModel(batched), steps=autograd_steps, batch_size=batch_size
             )
         )
-    finally:
-        torch.set_num_threads(previous)
     ours_s = ours[0] / (steps * instances)
     logger.info(
         "batched %.1f s, looped %.1f s, autograd %.1f s (CPU)", ours[0], looped[0], autograd[0]

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
 
 
 def best_time(fn: Callable[[], object], *, repeat: int = 5, warmup: int = 1) -> float:
@@ -49,12 +52,32 @@ def paired_ratio(times: list[list[float]], reference: int, ours: int) -> float:
     return statistics.median(r[reference] / r[ours] for r in times)
 
 
-def row(benchmark: str, ours: float, reference: float, note: str = "") -> dict[str, object]:
-    """A result row; ratio = reference / ours, so above 1 means we are faster."""
+def medians(times: list[list[float]]) -> list[float]:
+    """Each function's median time over the rounds (`rounds`' output)."""
+    return [statistics.median(t) for t in zip(*times, strict=True)]
+
+
+@contextmanager
+def threads(n: int) -> Iterator[None]:
+    """Run the block with n torch threads, then restore the count. One thread is the steady
+    clock on a shared 2-core box, where a second thread is free only some of the time."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def row(
+    benchmark: str, ours: float, reference: float, note: str = "", ratio: float | None = None
+) -> dict[str, object]:
+    """A result row; ratio = reference / ours unless given (a paired ratio), so above 1 means
+    we are faster."""
     return {
         "benchmark": benchmark,
         "ours_s": ours,
         "reference_s": reference,
-        "ratio": reference / ours,
+        "ratio": reference / ours if ratio is None else ratio,
         "note": note,
     }

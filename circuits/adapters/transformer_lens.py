@@ -191,8 +191,8 @@ def _block(block: nn.Module, x: Tensor, kv: tuple[Tensor, Tensor] | None) -> Ten
     if kv is None:
         out = block(x)
     else:
-        native = getattr(getattr(block, "attn", None), "original_component", None)
-        if getattr(native, "accepts_pattern_fn", False):
+        native = _native(block)
+        if native is not None:
             with patched_forward(
                 cast(nn.Module, native), functools.partial(_suffix_attention, native, *kv)
             ):
@@ -206,8 +206,8 @@ def _keys_values(block: Any, x: Tensor) -> tuple[Tensor, Tensor]:
     """The block's attention keys and values at the positions of `x` ([rows, pos, head,
     d_head], as its key-value cache holds them), through its own modules."""
     h = block.ln1(x)
-    native: Any = getattr(getattr(block, "attn", None), "original_component", None)
-    if getattr(native, "accepts_pattern_fn", False):
+    native = _native(block)
+    if native is not None:
         shape = (*x.shape[:2], native.n_kv_heads, native.d_head)
         return native.k(h).view(shape), native.v(h).view(shape)
     cfg = block.cfg
@@ -217,7 +217,14 @@ def _keys_values(block: Any, x: Tensor) -> tuple[Tensor, Tensor]:
     return keys, values
 
 
+def _native(block: Any) -> Any:
+    """A TransformerBridge block's native attention module (None on any other block)."""
+    native = getattr(getattr(block, "attn", None), "original_component", None)
+    return native if getattr(native, "accepts_pattern_fn", False) else None
+
+
 def _cat(past: Tensor, now: Tensor) -> Tensor:
+    """Cached positions, then new ones, along the position axis."""
     return torch.cat([past.to(now.dtype), now], dim=1)
 
 
@@ -256,8 +263,7 @@ def _suffix_attention(
     offset = past_keys.shape[1]
 
     def heads(t: Tensor, past: Tensor) -> Tensor:
-        now = t.view(rows, seq, attn.n_heads, attn.d_head)
-        return torch.cat([past.to(now.dtype), now], dim=1).transpose(1, 2)
+        return _cat(past, t.view(rows, seq, attn.n_heads, attn.d_head)).transpose(1, 2)
 
     q = attn.q(hidden).view(rows, seq, attn.n_heads, attn.d_head).transpose(1, 2)
     k = heads(attn.k(hidden), past_keys)

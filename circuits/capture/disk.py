@@ -170,14 +170,17 @@ class DiskCache(Mapping[str, Tensor]):
         if reader == "ray":
             require_ray("reader='ray'")
         check_int(shuffle, "shuffle (a seed)", low=0, allow_none=True)
-        self._shuffle, self._passes, self._where = shuffle, 0, where
+        self._shuffle, self._passes = shuffle, 0
         self._kept: np.ndarray | None = None
+        self._index: pa.Table | None = None  # read on first use without a selection
         self._picks: list[tuple[Path, int, np.ndarray | None]] = [
             (file, n, None) for file, n in manifest.shards
         ]
         if rows is not None or where is not None:
             starts = manifest.starts
-            self._kept = _kept(read_rows(folder, manifest, where), rows, folder, int(starts[-1]))
+            table = read_rows(folder, manifest, where)
+            self._kept = _kept(table, rows, folder, int(starts[-1]))
+            self._index = table.filter(pc.is_in(table["example"], pa.array(self._kept)))
             parts = np.split(self._kept, np.searchsorted(self._kept, starts[1:-1]))
             self._picks = [
                 (file, n, part - start)
@@ -206,10 +209,9 @@ class DiskCache(Mapping[str, Tensor]):
     @property
     def index(self) -> pa.Table:
         """The row index of the kept rows: example, shard, offset and the stored columns."""
-        table = read_rows(self.folder, self._manifest, self._where)
-        if self._kept is not None:
-            table = table.filter(pc.is_in(table["example"], pa.array(self._kept)))
-        return table
+        if self._index is None:
+            self._index = read_rows(self.folder, self._manifest)
+        return self._index
 
     def grad(self, name: str) -> Tensor:
         """The stored gradient at site `name`, concatenated across shards."""

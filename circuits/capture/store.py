@@ -131,15 +131,7 @@ def finish(folder: Path, shards: Sequence[Shard], grads: bool, columns: Any = No
     sites = shards[0].sites
     rows = np.array([s.rows for s in shards], dtype=np.int64)
     extra = columns_table(columns, int(rows.sum()))
-    index = pa.table(
-        {
-            "example": np.arange(rows.sum(), dtype=np.int64),
-            "shard": pa.DictionaryArray.from_arrays(
-                np.repeat(np.arange(len(shards), dtype=np.int32), rows), [s.file for s in shards]
-            ),
-            "offset": np.concatenate([np.arange(r, dtype=np.int64) for r in rows]),
-        }
-    )
+    index = _layout([s.file for s in shards], rows)
     for name in extra.column_names if extra is not None else []:
         index = index.append_column(name, extra[name])  # type: ignore[index]
     index = index.replace_schema_metadata({"circuits.format": FORMAT})
@@ -202,14 +194,7 @@ def read_rows(folder: Path, manifest: Manifest, where: Any = None) -> pa.Table:
     names = [path.name for path, _ in manifest.shards]
     file = folder / ROW_INDEX
     if manifest.format == LEGACY:
-        shard = np.repeat(np.arange(len(names), dtype=np.int32), np.diff(starts))
-        table = pa.table(
-            {
-                "example": np.arange(starts[-1], dtype=np.int64),
-                "shard": pa.DictionaryArray.from_arrays(shard, names),
-                "offset": np.arange(starts[-1], dtype=np.int64) - starts[shard],
-            }
-        )
+        table = _layout(names, np.diff(starts))
     else:
         try:
             table = pq.read_table(confined(folder, ROW_INDEX))
@@ -225,6 +210,19 @@ def read_rows(folder: Path, manifest: Manifest, where: Any = None) -> pa.Table:
             ) from None
     _check_rows(folder, file, table, names, starts)
     return table
+
+
+def _layout(names: Sequence[str], rows: np.ndarray) -> pa.Table:
+    """The row index's example, shard and offset columns for shards `names` of `rows` rows."""
+    starts = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
+    shard = np.repeat(np.arange(len(names), dtype=np.int32), rows)
+    return pa.table(
+        {
+            "example": np.arange(starts[-1], dtype=np.int64),
+            "shard": pa.DictionaryArray.from_arrays(shard, list(names)),
+            "offset": np.arange(starts[-1], dtype=np.int64) - starts[shard],
+        }
+    )
 
 
 def read_shard(

@@ -46,11 +46,20 @@ from circuits.graph.scores import score_arrays
 from circuits.hooks import run
 from circuits.ids import block_of
 from circuits.inputs import batch_size, describe
+from circuits.metrics import metric_value
 from circuits.options import check_choice, configure
 
 from .faithfulness import feature_faithfulness
 from .nodes import node_rows, sum_positions
-from .trace import adjacency, check_dictionaries, last_logits, path_points, sites_of, trace
+from .trace import (
+    adjacency,
+    centred_logits,
+    check_dictionaries,
+    last_logits,
+    path_points,
+    sites_of,
+    trace,
+)
 
 log = logging.getLogger(__name__)
 
@@ -239,17 +248,16 @@ def _outputs(
 ) -> tuple[Callable[[Any], Tensor], list[dict[str, Any]]]:
     """The outputs function and a row per output (token, prob, value at the clean run)."""
     if metric is not None:
-        value = float(metric(output).detach().reshape(-1)[0])
-        return (lambda out: metric(out).reshape(1)), [
+        value = float(metric_value(metric, output).detach())
+        return (lambda out: metric_value(metric, out).reshape(1)), [
             {"metric": True, "label": "metric", "value": value, "prob": 1.0}
         ]
-    logits = last_logits(output).detach()
-    probs = torch.softmax(logits.double(), -1)
+    probs = torch.softmax(last_logits(output).detach().double(), -1)
     tokens = _targets(opts, probs)
-    centred = logits - logits.mean()
+    centred = centred_logits(output).detach()
     rows = [{"token": t, "label": str(t), "value": float(centred[t]), "prob": float(probs[t])}
             for t in tokens]  # fmt: skip
-    return (lambda out: (last_logits(out) - last_logits(out).mean())[tokens]), rows
+    return (lambda out: centred_logits(out)[tokens]), rows
 
 
 def _targets(opts: FeatureGraphOptions, probs: Tensor) -> list[int]:

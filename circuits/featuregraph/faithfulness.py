@@ -27,11 +27,13 @@ from circuits.dictionaries.data import feature_dim
 from circuits.errors import ConfigError, InputError
 from circuits.graph.schema import validate_nodes
 from circuits.hooks import run
+from circuits.ids import METRIC
 from circuits.inputs import batch_size, describe
+from circuits.metrics import metric_value
 from circuits.site import Site
 
 from .replacement import from_rows, ordered_steps, to_rows
-from .trace import check_dictionaries, last_logits, sites_of
+from .trace import centred_logits, check_dictionaries, sites_of
 
 Keep = Callable[[Dictionary, Site, int], Tensor]
 
@@ -101,12 +103,12 @@ def feature_faithfulness(
 
 def _metric(g: nx.DiGraph, metric: Callable[[Any], Tensor] | None) -> Callable[[Any], float]:
     outs = [a for _, a in g.nodes(data=True) if a["kind"] == "output"]
-    if any(a["site"] == "" and a["unit"] < 0 for a in outs):
+    if METRIC in g:
         if metric is None:
             raise ConfigError(
                 "this graph explains a metric; pass the same metric= it was built with"
             )
-        return lambda out: float(metric(out).reshape(-1)[0])
+        return lambda out: float(metric_value(metric, out))
     if not outs:
         raise ConfigError("the graph has no output nodes; build it with cc.feature_graph")
     tokens = [a["unit"] for a in outs]
@@ -114,8 +116,7 @@ def _metric(g: nx.DiGraph, metric: Callable[[Any], Tensor] | None) -> Callable[[
     weights = weights / weights.sum()
 
     def value(out: Any) -> float:
-        logits = last_logits(out).double()
-        return float(((logits - logits.mean())[tokens] * weights).sum())
+        return float((centred_logits(out, torch.float64)[tokens] * weights).sum())
 
     return value
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from circuits.ids import NodeId, node_row
+from circuits.ids import METRIC, NodeId, node_row
 
 from .trace import Traced
 
@@ -84,15 +84,10 @@ def _where(where: tuple[int, int, int]) -> str:
 
 
 def _output_row(out: dict[str, Any], layer: int, pos: int) -> dict[str, Any]:
-    if out.get("metric"):
-        node = NodeId("metric")
-        label = str(out["label"])
-    else:
-        node = NodeId("logits", int(out["token"]), pos=pos)
-        label = str(out["label"])
+    node = NodeId(METRIC) if out.get("metric") else NodeId("logits", int(out["token"]), pos=pos)
+    label = str(out["label"])
     row = node_row(node, "output", site="", layer=layer, activation=out["value"], label=label)
-    prob = out.get("prob", math.nan)
-    return {**row, "prob": float(prob)}
+    return {**row, "prob": float(out.get("prob", math.nan))}
 
 
 def sum_positions(

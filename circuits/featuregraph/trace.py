@@ -275,3 +275,10 @@ def last_logits(output: Any) -> Tensor:
         )
     out = output[0]
     return out[-1] if out.ndim >= 2 else out
+
+
+def centred_logits(output: Any, dtype: torch.dtype | None = None) -> Tensor:
+    """The last position's logits (in `dtype`) minus their mean: what a graph's logit outputs
+    explain."""
+    logits = last_logits(output).to(dtype)
+    return logits - logits.mean()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
 from collections.abc import Iterator
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -22,3 +24,8 @@ def paused_gc() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def nan_to_none(attrs: dict[str, Any]) -> dict[str, Any]:
+    """Attributes as strict JSON values: NaN floats become None (null)."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in attrs.items()}

@@ -39,6 +39,7 @@ from networkx.readwrite import json_graph
 
 from circuits.errors import ConfigError, InputError, SchemaError
 from circuits.files import as_path, atomic_open, read_json
+from circuits.graph._util import nan_to_none
 from circuits.graph.neuronpedia import from_neuronpedia, is_attribution_graph
 from circuits.graph.neuronpedia import write_attribution_graph as _write_attribution_graph
 from circuits.graph.schema import GRAPH_ATTRS, check_version, fix_types, validate
@@ -212,15 +213,11 @@ def _check_xml_text(g: nx.DiGraph) -> None:
             check(f"edge {u!r} -> {v!r} attribute {name!r}", value)
 
 
-def _nan_to_none(attrs: dict[str, Any]) -> dict[str, Any]:
-    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in attrs.items()}
-
-
 def _write_json(g: nx.DiGraph, fh: IO[Any]) -> None:
     data = json_graph.node_link_data(g, edges="edges")
-    data["graph"] = _nan_to_none(data["graph"])
-    data["nodes"] = [_nan_to_none(n) for n in data["nodes"]]
-    data["edges"] = [_nan_to_none(e) for e in data["edges"]]
+    data["graph"] = nan_to_none(data["graph"])
+    data["nodes"] = [nan_to_none(n) for n in data["nodes"]]
+    data["edges"] = [nan_to_none(e) for e in data["edges"]]
     json.dump(data, fh, allow_nan=False, indent=1)
     fh.write("\n")
 
@@ -256,7 +253,7 @@ def _write_gexf(g: nx.DiGraph, fh: IO[Any]) -> None:
     meta = writer.xml.find("meta")
     if meta is None:  # networkx writes <meta>; be safe if a version does not
         meta = ET.SubElement(writer.xml, "meta")
-    provenance = json.dumps(_nan_to_none(dict(g.graph)), allow_nan=False, sort_keys=True)
+    provenance = json.dumps(nan_to_none(dict(g.graph)), allow_nan=False, sort_keys=True)
     ET.SubElement(meta, "description").text = _GEXF_TAG + provenance
     writer.write(fh)
 

@@ -93,6 +93,7 @@ import networkx as nx
 
 from circuits.errors import SchemaError
 from circuits.files import as_path, atomic_open, read_json
+from circuits.graph._util import nan_to_none
 from circuits.graph.schema import new_graph, validate
 
 EXT = "circuits"
@@ -177,7 +178,12 @@ def to_neuronpedia(g: nx.DiGraph, *, slug: str, scan: str | None = None) -> dict
     nodes = dict(g.nodes(data=True))
     ids, out_nodes = _nodes(nodes, g.graph.get("n_layers"))
     links = [
-        {"source": ids[u], "target": ids[v], "weight": a["weight"], EXT: _plain(a, drop="weight")}
+        {
+            "source": ids[u],
+            "target": ids[v],
+            "weight": a["weight"],
+            EXT: nan_to_none({k: v for k, v in a.items() if k != "weight"}),
+        }
         for u, v, a in g.edges(data=True)
     ]
     inputs = sorted((a["pos"], a["label"]) for a in nodes.values() if a["kind"] == "input")
@@ -190,7 +196,7 @@ def to_neuronpedia(g: nx.DiGraph, *, slug: str, scan: str | None = None) -> dict
         "prompt": str(g.graph.get("prompt", "".join(tokens))),
         "node_threshold": json.loads(g.graph["thresholds"]).get("influence"),
         "schema_version": 1,
-        EXT: {"graph": _plain(g.graph)},
+        EXT: {"graph": nan_to_none(g.graph)},
     }
     return {"metadata": metadata, "qParams": dict(_QPARAMS), "nodes": out_nodes, "links": links}
 
@@ -219,7 +225,7 @@ def _nodes(
         node["node_id"] = ids[key] = _unique(node["node_id"], used)
         node["is_target_logit"] = key == target
         node["influence"] = None if a["kind"] == "output" else cumulative.get(key)
-        node[EXT] = {"key": key, "attrs": _plain(a)}
+        node[EXT] = {"key": key, "attrs": nan_to_none(a)}
         out.append(node)
     return ids, out
 
@@ -270,15 +276,6 @@ def _node(a: dict[str, Any], n_layers: int, width: int, offsets: dict[Any, int])
         "clerp": label,
         "influence": None,
         "activation": None if math.isnan(act) else act,
-    }
-
-
-def _plain(attrs: dict[str, Any], drop: str = "") -> dict[str, Any]:
-    """Attributes as strict JSON values (NaN -> null), without `drop`."""
-    return {
-        k: None if isinstance(v, float) and math.isnan(v) else v
-        for k, v in attrs.items()
-        if k != drop
     }
 
 

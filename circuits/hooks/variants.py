@@ -82,7 +82,6 @@ class Runner:
         self.resid = dict(resid or {})
         self.past = dict(past or {})  # block -> its keys and values (hook_k, hook_v) on the base
         self.after = dict(after or {})  # block -> the base's stream after it (hook_resid_post)
-        self.n_blocks = len(getattr(model, "blocks", ()))
         seq = base.shape[1] if isinstance(base, Tensor) and base.ndim >= 2 else None
         self.positions = (
             None
@@ -106,12 +105,11 @@ class Runner:
             self.suffix = cut > 0 and self._reproduces(base_output, min(self.past), cut)
             self.local = (
                 self.suffix
-                and layer in self.after
-                and self._reproduces(base_output, layer, cut, local=True)
+                and bool(self.after)
+                and self._reproduces(base_output, max(self.after), cut, local=True)
             )
-            self.tail = min(self.resid) < self.n_blocks - 1 and self._reproduces(
-                base_output, min(self.resid), 0, tail=True
-            )
+        if self.resumable and self.positions:
+            self.tail = self._reproduces(base_output, min(self.resid), 0, tail=True)
         return self.resumable
 
     def _reproduces(
@@ -254,7 +252,7 @@ class Runner:
 
         forward = None
         if start is not None and self.resumable:
-            last = f"blocks.{self.n_blocks - 1}."
+            last = f"blocks.{len(getattr(self.model, 'blocks', ())) - 1}."
             touched = [*patches, *record, *([stop_after] if stop_after else [])]
             tail = self.tail and not any(n.startswith(last) for n in touched)
             forward = self._resume(k, start, first, local, tail)
@@ -347,8 +345,16 @@ def base_run(
     resid = [f"blocks.{ly}.hook_resid_pre" for ly in blocks] if resume_ok else []
     kv = _kv_sites(model, min(blocks)) if resume_ok and positions else {}
     kv_names = [name for pair in kv.values() for name in pair]
-    after = [f"blocks.{ly}.hook_resid_post" for ly in blocks] if kv else []
-    ran = run(model, base, record=list(dict.fromkeys([*sites, *resid, *kv_names, *after])))
+    # the stream after each block a one-position patch may run alone in (`position_local`): the
+    # next block's cached input where it is one of `resid`, else that block's hook_resid_post
+    after = {
+        ly: (f"blocks.{ly + 1}.hook_resid_pre" if ly + 1 in blocks
+             else f"blocks.{ly}.hook_resid_post")
+        for name, ly in zip(sites, layers, strict=True)
+        if kv and ly is not None and position_local(name)
+    }  # fmt: skip
+    record = [*sites, *resid, *kv_names, *after.values()]
+    ran = run(model, base, record=list(dict.fromkeys(record)))
     value = float(metric_value(metric, ran.output))
     batch = batch_size(base)
     runner = Runner(
@@ -360,7 +366,7 @@ def base_run(
         if resume_ok
         else None,
         past={ly: (ran.recorded[k], ran.recorded[v]) for ly, (k, v) in kv.items()},
-        after={ly: ran.recorded[f"blocks.{ly}.hook_resid_post"] for ly in blocks} if kv else None,
+        after={ly: ran.recorded[name] for ly, name in after.items()},
     )
     if resume_ok:
         runner.enable_resume(ran.output, max(blocks))

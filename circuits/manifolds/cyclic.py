@@ -35,6 +35,7 @@ from circuits.checks import check_number
 from circuits.errors import ConfigError, InputError, ShapeMismatchError
 from circuits.features import Which, _check_axis, _values, _which
 from circuits.probes import Subspace
+from circuits.probes.subspace import turn
 
 __all__ = ["CyclicManifold"]
 
@@ -148,15 +149,15 @@ class CyclicManifold:
     def steer(self, act: Tensor, which: Which, alpha: float | Tensor) -> Tensor:
         """Turn the chosen circles by `alpha` radians (one number, or one per chosen circle)."""
         idx = _which(which, self.n_features)
-        turn = torch.zeros(self.n_features, dtype=act.dtype, device=act.device)
+        angles = torch.zeros(self.n_features, dtype=act.dtype, device=act.device)
         shift = torch.as_tensor(alpha, dtype=act.dtype, device=act.device).reshape(-1)
         if shift.numel() not in (1, len(idx)):
             raise ShapeMismatchError(
                 f"alpha must be a number or one per chosen circle ({len(idx)}), got "
                 f"{shift.numel()} values"
             )
-        turn[idx.to(act.device)] = shift
-        return self._move(act, lambda t: _turn(t, turn))
+        angles[idx.to(act.device)] = shift
+        return self._move(act, lambda t: turn(t, angles))
 
     def ablate(
         self, act: Tensor, which: Which = None, value: float | Tensor | None = None
@@ -168,9 +169,9 @@ class CyclicManifold:
         def to_angle(t: Tensor) -> Tensor:
             current = torch.atan2(t[..., 1], t[..., 0])
             target = _values(value, len(idx), current[..., idx], dim=self.dim, ndim=act.ndim)
-            turn = torch.zeros_like(current)
-            turn[..., idx] = target - current[..., idx]
-            return _turn(t, turn)
+            angles = torch.zeros_like(current)
+            angles[..., idx] = target - current[..., idx]
+            return turn(t, angles)
 
         return self._move(act, to_angle)
 
@@ -183,7 +184,7 @@ class CyclicManifold:
         act's other axes)."""
         b = torch.as_tensor(by, dtype=act.dtype, device=act.device)[..., None]
         freqs = torch.tensor(self.frequencies, dtype=act.dtype, device=act.device)
-        return self._move(act, lambda t: _turn(t, 2 * math.pi * freqs * b / self.period))
+        return self._move(act, lambda t: turn(t, 2 * math.pi * freqs * b / self.period))
 
     def point_angles(self, labels: Any) -> Tensor:
         """Each circle's angle for each label, 2 pi f y / period: [..., m] for labels [...]."""
@@ -231,10 +232,3 @@ class CyclicManifold:
     def __repr__(self) -> str:
         where = f"{self.site!r}, " if self.site else ""
         return f"CyclicManifold({where}period={self.period:g}, frequencies={self.frequencies})"
-
-
-def _turn(t: Tensor, angle: Tensor) -> Tensor:
-    """(cos, sin) coordinates t [..., m, 2] turned by angle [..., m]."""
-    c, s = torch.cos(angle), torch.sin(angle)
-    x, y = t[..., 0], t[..., 1]
-    return torch.stack([c * x - s * y, s * x + c * y], -1)

@@ -83,10 +83,7 @@ class Subspace(DirectionBasis):
             raise ShapeMismatchError(f"centre must be 2 coordinates, got shape {tuple(c.shape)}")
         c = c.to(xy)
         a = torch.as_tensor(angle, dtype=xy.dtype, device=xy.device)
-        cos, sin = torch.cos(a)[..., None], torch.sin(a)[..., None]
-        rel = xy - c
-        turned = torch.cat([cos * rel[..., :1] - sin * rel[..., 1:],
-                            sin * rel[..., :1] + cos * rel[..., 1:]], -1) + c  # fmt: skip
+        turned = turn(xy - c, a) + c
         delta = torch.zeros_like(coords)
         delta[..., [i, j]] = turned - xy
         return act + self.decode(delta.movedim(-1, self.dim))
@@ -284,3 +281,10 @@ def reduce_rank(
         bias_std=bias + direction @ result.mean, mean=result.mean, scale=result.scale,
         config=result.config,
     )  # fmt: skip
+
+
+def turn(t: Tensor, angle: Tensor) -> Tensor:
+    """Points t [..., 2] of planes turned by angle [...] about their origins."""
+    c, s = torch.cos(angle), torch.sin(angle)
+    x, y = t[..., 0], t[..., 1]
+    return torch.stack([c * x - s * y, s * x + c * y], -1)
