@@ -14,8 +14,10 @@ moves by less than tau either way.
 
 One difference from the reference implementation, for speed: the edges into one receiver are
 tested together, each against the same current circuit, in one batched pass (the reference tests
-them one after another, each against the circuit the previous test left). The result records
-tau, the ablation, the number of batched passes and edge tests, and the circuit's faithfulness.
+them one after another, each against the circuit the previous test left). On a transformer the
+current circuit's run is recorded once per change, and each test recomputes only the heads, MLPs
+and logits its cut reaches (`Faithfulness.values(..., near=)`). The result records tau, the
+ablation, the number of batched passes and edge tests, and the circuit's faithfulness.
 """
 
 from __future__ import annotations
@@ -78,7 +80,8 @@ def acdc(
         for node in receivers:
             incoming = [e for e in full.in_edges(node) if e in kept]
             if incoming:
-                values = check.values([check.keep(kept - {e}) for e in incoming])
+                near = check.keep(kept)
+                values = check.values([check.keep(kept - {e}) for e in incoming], near)
                 passes, tests = passes + 1, tests + len(incoming)
                 moved = {e: (v - current) if kl else abs(v - current)
                          for e, v in zip(incoming, values, strict=True)}  # fmt: skip
@@ -86,7 +89,7 @@ def acdc(
                 dropped = {e for e in incoming if moved[e] < tau}
                 if dropped:
                     kept -= dropped
-                    current = check.values([check.keep(kept)])[0]
+                    current = check.values([check.keep(kept)], near)[0]
                     passes += 1
             bar.update(1)
     g = full.edge_subgraph(kept).copy()

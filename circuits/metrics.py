@@ -169,17 +169,21 @@ def kl_div(reference: Float[Tensor, "batch *pos d_vocab"], *, position: int | No
     if not isinstance(reference, Tensor) or reference.ndim not in (2, 3):
         raise ConfigError("kl_div's reference must be logits of shape [batch, (pos,) d_vocab]")
     ref = reference.detach()
+    known: dict[int, tuple[Tensor, Tensor]] = {}  # the reference's log p and p, by output rank
 
     def fn(logits: Tensor) -> Tensor:
         out = _at(logits, position, "kl_div")
-        target = ref if ref.ndim == out.ndim else _at(ref, position, "kl_div")
-        if target.shape != out.shape:
+        if out.ndim not in known:
+            target = ref if ref.ndim == out.ndim else _at(ref, position, "kl_div")
+            logp = target.log_softmax(-1)
+            known[out.ndim] = logp, logp.exp()
+        logp, p = known[out.ndim]
+        if logp.shape != out.shape:
             raise MetricError(
-                f"kl_div's reference has shape {tuple(target.shape)} at the read position(s), "
+                f"kl_div's reference has shape {tuple(logp.shape)} at the read position(s), "
                 f"the output {tuple(out.shape)}; build the metric from logits of this batch"
             )
-        logp, logq = target.log_softmax(-1), out.log_softmax(-1)
-        return (logp.exp() * (logp - logq)).sum(-1).mean()
+        return (p * (logp - out.log_softmax(-1))).sum(-1).mean()
 
     return Metric(fn, name="kl_div", positions=_declared(position))
 

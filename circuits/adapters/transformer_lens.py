@@ -166,22 +166,28 @@ def resume(
         x = _block(block, x, kv)
         if after is not None and layer == start:
             x = torch.cat([x, after], dim=1)
-    rows, seq = x.shape[0], offset + x.shape[1]
+    seq = offset + x.shape[1]
     if positions is not None:
         x = x[:, [p - offset for p in positions]]
     ln_final = getattr(model, "ln_final", None)
     if ln_final is not None:
         x = ln_final(x)
-    logits = model.unembed(x)
-    if positions is not None and len(positions) == 1:
-        logits = logits.expand(rows, seq, logits.shape[-1])
-    elif positions is not None:
-        full = logits.new_zeros(rows, seq, logits.shape[-1])
-        index = torch.tensor(list(positions), device=logits.device)
-        logits = full.index_copy_(1, index, logits)
-    elif offset:
+    if positions is None and offset:
         raise ModelError("a pass over a suffix of the positions needs the metric's positions")
-    return list(logits.split(batch))
+    return list(place_logits(model.unembed(x), positions, seq).split(batch))
+
+
+def place_logits(logits: Tensor, positions: Sequence[int] | None, seq: int) -> Tensor:
+    """Logits [rows, P, vocab] computed at `positions` only, in the model's full output shape
+    [rows, seq, vocab] (None: they are already): one position broadcast along the position axis,
+    several placed among zeros, so a metric that reads only those positions sees the right
+    values."""
+    if positions is None:
+        return logits
+    if len(positions) == 1:
+        return logits.expand(logits.shape[0], seq, logits.shape[-1])
+    full = logits.new_zeros(logits.shape[0], seq, logits.shape[-1])
+    return full.index_copy_(1, torch.tensor(list(positions), device=logits.device), logits)
 
 
 def _block(block: nn.Module, x: Tensor, kv: tuple[Tensor, Tensor] | None) -> Tensor:

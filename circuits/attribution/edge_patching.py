@@ -6,10 +6,12 @@
 goes to cc.build_graph, cc.prune, cc.faithfulness and export unchanged. What the ablated edge
 carries is the config's `Baseline` (`circuits.capture.ablated`).
 
-Transformers (`circuits.modelgraph.residual_ablation`): only the receiver's input moves, so
-nothing before the receiver's block changes; single-edge variants run stacked along the batch,
-grouped by that block, each pass resumed from its cached clean `hook_resid_pre` (edges into the
-logits run no block at all), with the unembedding only at the metric's positions.
+Transformers: only the receiver's input moves, so each single-edge variant is computed as the
+change it makes to the clean run (`circuits.modelgraph.residual_delta`): the receiver's head or
+MLP, then every head and MLP downstream, the last layer's queries, MLP and unembedding only at
+the metric's positions; variants into one receiver run stacked along the batch. Where that
+computation does not reproduce the model's own run, the hook-based pass
+(`circuits.modelgraph.residual_ablation`) runs instead, resumed from the receiver's block.
 
 Conv nets: the edge n[c] -> B[c'] changes B's output channel c' alone, by
 conv(x_n[c] - x[c], W[c', c]), x_n the input of B with node n at its ablated value (the path
@@ -35,7 +37,8 @@ from circuits.inputs import batch_size, repeat, split
 from circuits.loops import chunks, progress_bar
 from circuits.metrics import MetricFn, metric_name, metric_positions, metric_value
 from circuits.modelgraph.channels import INPUT, Conv, Trace, trace
-from circuits.modelgraph.residual_ablation import Clean, ResidualAblation
+from circuits.modelgraph.residual_ablation import MEMORY, Clean, ResidualAblation
+from circuits.modelgraph.residual_delta import ResidualDelta
 
 from .common import DEFAULT_MAX_BATCH, nan_matrix
 from .conv import OUTPUT, ablated_nodes, blocks, conv_layers, conv_nodes
@@ -66,17 +69,22 @@ def _transformer(
     base = Clean(clean, dict(acts), metric_positions(metric))
     clean_value = float(acts.metric or 0.0)
     per_pass = cfg.max_batch // batch if cfg.max_batch else g.rows_per_pass(base)
+    delta = ResidualDelta.build(g, base, values)
     edges = g.valid.nonzero()
+    edges = edges[edges[:, 1].argsort(stable=True)]  # edges into one receiver share its input
     layer = torch.where(edges[:, 1] == len(g.receivers) - 1, g.n_layers, g.recv_layer[edges[:, 1]])
     scores = nan_matrix(*g.valid.shape)
     with progress_bar(len(edges), "edge patching", cfg.progress, unit="edge") as bar:
         for ly in layer.unique().tolist():  # one resumed block per group of passes
             group = edges[layer == ly]
+            if delta is not None and not cfg.max_batch:
+                per_pass = delta.rows_per_pass(min(ly, g.n_layers - 1), MEMORY)
             for part in chunks(len(group), max(1, per_pass)):
                 pairs = group[part.start : part.stop]
                 keep = torch.ones(len(pairs), *g.valid.shape, dtype=torch.bool)
                 keep[torch.arange(len(pairs)), pairs[:, 0], pairs[:, 1]] = False
-                for (s, r), out in zip(pairs.tolist(), g.run(base, values, keep), strict=True):
+                outs = delta.outputs(delta.clean, keep) if delta else g.run(base, values, keep)
+                for (s, r), out in zip(pairs.tolist(), outs, strict=True):
                     scores[s, r] = float(metric_value(metric, out)) - clean_value
                 bar.update(len(pairs))
     if corrupt_value is None:  # no corrupted run: the metric with every edge cut

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, get_args
 
 import networkx as nx
+import torch
 from torch import nn
 
 from circuits.adapters.transformer_lens import is_transformer_lens
@@ -34,9 +35,11 @@ from circuits.capture import Baseline, ablated, capture
 from circuits.errors import MetricError
 from circuits.graph.schema import validate
 from circuits.inputs import batch_size
+from circuits.loops import chunks
 from circuits.metrics import metric_positions, metric_value
 from circuits.modelgraph.channel_ablation import ChannelAblation
 from circuits.modelgraph.residual_ablation import MEMORY, Clean, ResidualAblation
+from circuits.modelgraph.residual_delta import ResidualDelta, State
 from circuits.options import Ablation
 
 ABLATIONS = get_args(Ablation)
@@ -83,8 +86,10 @@ class Faithfulness:
     """Faithfulness of subgraphs of one graph, the model's runs shared between them.
 
     The clean run, the ablated values and m(empty) are computed once; each `score(sub)` then
-    costs one ablated run: a forward pass (resumed from the first block an ablated edge enters)
-    on a transformer, about one on a conv net. `sub` is `g` or a subgraph of it (pruned copies
+    costs one ablated run: on a transformer the change the cut edges make to the clean run
+    (`circuits.modelgraph.residual_delta`; where that does not reproduce the model's own run, a
+    forward pass resumed from the first block an ablated edge enters), about one pass on a conv
+    net. `sub` is `g` or a subgraph of it (pruned copies
     included). `baseline`: an ablation name or a `Baseline`.
 
     For search methods: `keep(edges)` is the mask of an edge set (keys of g's nodes; on a
@@ -111,12 +116,15 @@ class Faithfulness:
         run = capture(model, clean, sites=self.runner.clean_sites, metric=metric)
         values, _ = ablated(model, self.runner.sender_sites, base, clean, corrupt,
                             batch=batch_size(clean), like=run)  # fmt: skip
-        self.base: Any = (
-            Clean(clean, dict(run), metric_positions(metric))
-            if isinstance(self.runner, ResidualAblation)
-            else self.runner.prepare(clean, values)
-        )
         self.ablated = values
+        self.delta: ResidualDelta | None = None
+        self.base: Any
+        if isinstance(self.runner, ResidualAblation):
+            self.base = Clean(clean, dict(run), metric_positions(metric))
+            self.delta = ResidualDelta.build(self.runner, self.base, values)
+        else:
+            self.base = self.runner.prepare(clean, values)
+        self._near: tuple[bytes, State] | None = None
         self.model_value = float(run.metric or 0.0)
         (self.empty_value,) = self.values([self.keep([])])
         if abs(self.model_value - self.empty_value) <= 1e-7 * max(1.0, abs(self.model_value)):
@@ -131,16 +139,35 @@ class Faithfulness:
         """The mask that keeps `edges` (keys of the graph's nodes) and ablates every other."""
         return self.runner.keep(self.g, edges)
 
-    def outputs(self, masks: Sequence[Any]) -> Iterator[Any]:
+    def outputs(self, masks: Sequence[Any], near: Any = None) -> Iterator[Any]:
         """The model's output with each mask's edges alone kept, in order; the masks run stacked
         along the batch, as many per pass as the memory budget allows. On a transformer whose
         metric declares positions, logits elsewhere are unspecified (the metric never reads
-        them)."""
-        return self.runner.outputs(self.base, self.ablated, masks, memory=self.memory)
+        them).
 
-    def values(self, masks: Sequence[Any]) -> list[float]:
-        """The metric with each mask's edges alone kept."""
-        return [float(metric_value(self.metric, out)) for out in self.outputs(masks)]
+        near: a mask the masks differ from in few edges (ACDC's current circuit). On a
+        transformer its run is recorded once and each mask recomputes only what its changes
+        reach (`circuits.modelgraph.residual_delta`); without it, the changes from the clean run.
+        """
+        if self.delta is None:
+            return self.runner.outputs(self.base, self.ablated, masks, memory=self.memory)
+        return self._delta_outputs(masks, near)
+
+    def values(self, masks: Sequence[Any], near: Any = None) -> list[float]:
+        """The metric with each mask's edges alone kept (`near`: as for `outputs`)."""
+        return [float(metric_value(self.metric, out)) for out in self.outputs(masks, near)]
+
+    def _delta_outputs(self, masks: Sequence[Any], near: Any) -> Iterator[Any]:
+        assert self.delta is not None
+        base = self.delta.clean
+        if near is not None:
+            key = near.numpy().tobytes()
+            if self._near is None or self._near[0] != key:  # from the last one, if any
+                self._near = (key, self.delta.state(near, self._near and self._near[1]))
+            base = self._near[1]
+        per_pass = self.delta.rows_per_pass(0, self.memory)
+        for part in chunks(len(masks), per_pass):
+            yield from self.delta.outputs(base, torch.stack(list(masks[part.start : part.stop])))
 
     def score(self, sub: nx.DiGraph) -> float:
         """(m(sub) - m(empty)) / (m(model) - m(empty)) for a subgraph `sub` of the graph."""

@@ -91,36 +91,45 @@ class ChannelAblation:
             for name, conv in self.convs.items()
         }  # fmt: skip
         out = {n: torch.zeros(self._channels(n), dtype=torch.bool) for n in self.direct}
-        nodes = {
-            key: (INPUT if a.get("kind") == "input" else str(a.get("site")), a.get("kind"),
-                  a.get("unit"))
-            for key, a in g.nodes(data=True)
-        }  # fmt: skip
-        feeder = {
-            (n, conv): i for conv, senders in self.feeds.items() for i, n in enumerate(senders)
-        }
-        picks: dict[str, list[tuple[int, int, int]]] = {name: [] for name in masks}
-        outs: dict[str, list[int]] = {n: [] for n in out}
-        for u, v in edges:
-            node, _, unit = nodes[u]
-            target, kind, target_unit = nodes[v]
-            if kind == "output":
-                if node not in outs:
-                    raise InputError(f"edge {u!r} -> {v!r}: {u!r} does not feed the output")
-                outs[node].append(int(unit))
-                continue
-            i = feeder.get((node, target))
-            if i is None:
-                raise InputError(
-                    f"edge {u!r} -> {v!r} does not join a node to a conv it feeds directly in "
-                    "this model; use a graph that cc.attribute built for this model"
-                )
-            picks[target].append((i, int(target_unit), int(unit)))
-        for name, rows in picks.items():
-            if rows:
-                masks[name][tuple(torch.from_numpy(np.array(rows).T))] = True
-        for node, units in outs.items():
-            out[node][units] = True
+        keys = list(g.nodes)
+        names = [*self.order, INPUT]
+        name_of = {n: i for i, n in enumerate(names)}
+        node, unit, is_out = (np.empty(len(keys), dtype=np.int64) for _ in range(3))
+        for i, key in enumerate(keys):
+            a = g.nodes[key]
+            is_out[i] = a.get("kind") == "output"
+            node[i] = (
+                -1
+                if is_out[i]
+                else name_of[INPUT if a.get("kind") == "input" else str(a.get("site"))]
+            )
+            unit[i] = int(a.get("unit", 0) or 0)
+        # feeder[sender, conv]: the sender's place among the conv's feeding nodes, or -1
+        feeder = np.full((len(names), len(names)), -1, dtype=np.int64)
+        for conv, senders in self.feeds.items():
+            for i, n in enumerate(senders):
+                feeder[name_of[n], name_of[conv]] = i
+        index = {key: i for i, key in enumerate(keys)}
+        edges = list(edges)
+        u = np.fromiter((index[a] for a, _ in edges), dtype=np.int64, count=len(edges))
+        v = np.fromiter((index[b] for _, b in edges), dtype=np.int64, count=len(edges))
+        to_out = is_out[v].astype(bool)
+        for n in self.direct:  # edges into the output
+            out[n][torch.from_numpy(unit[u[to_out & (node[u] == name_of[n])]])] = True
+        bad = to_out & ~np.isin(node[u], [name_of[n] for n in self.direct])
+        place = np.where(to_out, 0, feeder[node[u], np.where(to_out, 0, node[v])])
+        bad |= ~to_out & (place < 0)
+        if bad.any():
+            a, b = edges[int(np.flatnonzero(bad)[0])]
+            raise InputError(
+                f"edge {a!r} -> {b!r} does not join a node to a conv it feeds directly in this "
+                "model (or to the output, from a node that feeds it); use a graph that "
+                "cc.attribute built for this model"
+            )
+        for name in masks:
+            hit = ~to_out & (node[v] == name_of[name])
+            rows = (place[hit], unit[v[hit]], unit[u[hit]])
+            masks[name][tuple(torch.from_numpy(r) for r in rows)] = True
         return masks, out
 
     def prepare(self, inputs: Any, ablated: dict[str, Tensor]) -> Prepared:
@@ -187,7 +196,9 @@ class ChannelAblation:
         for name in self.order:
             fns[f"{name}:input"] = enter(name)
             fns[name] = leave(name)
-        out = run(self.model, repeat(base.inputs, len(copies)), replace=fns).output
+        # each conv's own output is replaced by `leave`: skip computing it
+        skip = {name: repeat(base.none_out[name], len(copies)) for name in self.order}
+        out = run(self.model, repeat(base.inputs, len(copies)), replace=fns, bypass=skip).output
         outs = split(out, len(copies), batch)
         return [outs[copies.index((v, plan.output))] for v, plan in enumerate(plans)]
 
@@ -221,7 +232,7 @@ class ChannelAblation:
             for i, kept in enumerate(masks[name]):
                 code += kept.long() << i
             plan.codes[name], plan.served[name] = code, {}
-            for p in code.unique().tolist():
+            for p in code.flatten().bincount().nonzero()[:, 0].tolist():  # patterns present
                 if p:
                     need = (code == p).any(0)
                     bits = {n: torch.full_like(need, bool(p >> i & 1)) for i, n in

@@ -19,6 +19,7 @@ from typing import Any
 
 import einops
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from circuits.errors import InputError, ModelError
@@ -184,13 +185,15 @@ def norm_params(module: nn.Module, norm: str | None) -> tuple[Tensor | None, Ten
 
 def norm_forward(x: Tensor, norm: str | None, params: tuple[Tensor | None, Tensor | None],
                  eps: float) -> Tensor:  # fmt: skip
-    """y = w * u / sqrt(mean(u^2) + eps) + b, u = x - mean(x) for LayerNorm, x for RMSNorm."""
+    """y = w * u / sqrt(mean(u^2) + eps) + b, u = x - mean(x) for LayerNorm, x for RMSNorm
+    (torch's fused kernels)."""
     if norm is None:
         return x
-    u = x - x.mean(-1, keepdim=True) if norm.startswith("LN") else x
-    y = u / (u.pow(2).mean(-1, keepdim=True) + eps).sqrt()
     weight, bias = params
-    y = y if weight is None else y * weight
+    shape = x.shape[-1:]
+    if norm.startswith("LN"):
+        return F.layer_norm(x, shape, weight, bias, eps)
+    y = F.rms_norm(x, shape, weight, eps)
     return y if bias is None else y + bias
 
 

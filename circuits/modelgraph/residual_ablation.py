@@ -14,6 +14,10 @@ the ablation of its own inputs. The copies are fed back at hook_q / hook_k / hoo
 block's norm and W_Q / W_K / W_V), at mlp.hook_pre (through W_in) and at the last
 hook_resid_post, so nothing needs split-qkv hooks and both transformer-lens lines work.
 
+This hook-based pass runs the model's own blocks, so it covers every model the graph describes;
+`circuits.modelgraph.residual_delta` computes the same runs faster, as changes to a recorded run,
+where it reproduces the model's own clean run, and callers fall back to this pass elsewhere.
+
 A keep mask is bool [senders, receivers] (`ResidualGraph.receivers` order); `run` takes k of them
 ([k, senders, receivers]) and runs the k variants stacked variant-major along the batch (k * B
 rows). Nothing before the first receiver any variant cuts off can change, so with the clean run's
@@ -76,28 +80,45 @@ class ResidualAblation(ResidualGraph):
         for i, node in enumerate(self.receivers):
             of = self.input_of.get(str(node), (str(node), ""))[0]
             self.graph_receivers.setdefault(of, []).append(i)
+        self._send = {n: i for i, n in enumerate(self.senders)}
+        self._places: dict[tuple[Any, ...], tuple[int | None, list[int], float]] = {}
 
     def keep(self, g: nx.DiGraph, edges: Iterable[tuple[str, str]]) -> Tensor:
         """keep[s, r]: the edge sender s -> receiver r is kept (`edges` are keys of g's nodes; an
         edge into a head keeps its query, key and value inputs)."""
-        send = {n: i for i, n in enumerate(self.senders)}
-        place = {key: self.graph_node(key, attrs) for key, attrs in g.nodes(data=True)}
-        keep = torch.zeros(len(self.senders), len(self.receivers), dtype=torch.bool)
+        place = {key: self._place(key, attrs) for key, attrs in g.nodes(data=True)}
+        rows: list[int] = []
+        cols: list[int] = []
         for u, v in edges:
-            a, b = place[u], place[v]
-            cols = self.graph_receivers.get(str(b))
-            if a not in send or cols is None:
+            (send, _, a), (_, into, b) = place[u], place[v]
+            if send is None or not into:
                 raise InputError(
                     f"the edge {u!r} -> {v!r} does not run from a sender (embeddings, head, MLP) "
                     "to a receiver (head, MLP, logits) of this model's residual stream"
                 )
-            if self.order(a) >= self.order(b):
+            if a >= b:
                 raise InputError(
                     f"the edge {u!r} -> {v!r} runs backwards: {u!r} writes to the residual stream "
                     f"after {v!r} reads it, so no such edge exists in this model"
                 )
-            keep[send[a], cols] = True
+            rows += [send] * len(into)
+            cols += into
+        keep = torch.zeros(len(self.senders), len(self.receivers), dtype=torch.bool)
+        keep[rows, cols] = True
         return keep
+
+    def _place(self, key: str, attrs: Mapping[str, Any]) -> tuple[int | None, list[int], float]:
+        """A graph node's sender row (None: not a sender), receiver columns and forward order,
+        cached by the attributes that decide them."""
+        at = (key, attrs.get("kind"), attrs.get("site"), attrs.get("unit", -1))
+        if at not in self._places:
+            node = self.graph_node(key, attrs)
+            self._places[at] = (
+                self._send.get(node),
+                self.graph_receivers.get(str(node), []),
+                self.order(node),
+            )
+        return self._places[at]
 
     def rows_per_pass(self, clean: Clean, memory: int = MEMORY) -> int:
         """How many variants one stacked pass holds under `memory` bytes."""
