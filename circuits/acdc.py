@@ -73,15 +73,15 @@ def acdc(
     check = Faithfulness(model, full, clean, corrupt, measure, baseline, **budget)
     kept = set(full.edges)
     effect: dict[tuple[str, str], float] = {}
-    current = check.values([check.keep(kept)])[0]
+    near = check.keep(kept)
+    current = check.values([near])[0]
     passes, tests = 1, 0
     receivers = [n for n in reversed(list(nx.topological_sort(full))) if full.in_degree(n)]
     with progress_bar(len(receivers), "ACDC", progress, unit="receiver") as bar:
         for node in receivers:
             incoming = [e for e in full.in_edges(node) if e in kept]
             if incoming:
-                near = check.keep(kept)
-                values = check.values([check.keep(kept - {e}) for e in incoming], near)
+                values = check.values([check.without(near, [e]) for e in incoming], near)
                 passes, tests = passes + 1, tests + len(incoming)
                 moved = {e: (v - current) if kl else abs(v - current)
                          for e, v in zip(incoming, values, strict=True)}  # fmt: skip
@@ -89,7 +89,9 @@ def acdc(
                 dropped = {e for e in incoming if moved[e] < tau}
                 if dropped:
                     kept -= dropped
-                    current = check.values([check.keep(kept)], near)[0]
+                    after = check.without(near, dropped)
+                    current = check.values([after], near)[0]
+                    near = after
                     passes += 1
             bar.update(1)
     g = full.edge_subgraph(kept).copy()

@@ -16,7 +16,7 @@ from circuits.modelgraph import residual_delta
 from circuits.modelgraph.residual_ablation import Clean, ResidualAblation
 from circuits.modelgraph.residual_delta import ResidualDelta
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.transformer, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module", params=["mlp", "attn_only"])
@@ -110,9 +110,12 @@ def test_a_run_it_does_not_reproduce_falls_back(model, tokens, monkeypatch):
     metric = metrics(model, tokens)[0]
     g, base, values = setup(model, tokens, metric)
     fast = cc.attribute(model, *tokens, metric, method="edge_patching", progress=False)
+    circuit = cc.prune(cc.build_graph(fast), top_k=12)
+    faithful = cc.faithfulness(model, circuit, *tokens, metric)
     monkeypatch.setattr(residual_delta, "_attn_scale", lambda attn: 1.0)
     assert ResidualDelta.build(g, base, values) is None
     slow = cc.attribute(model, *tokens, metric, method="edge_patching", progress=False)
     valid = ~torch.isnan(fast.scores)
     assert torch.equal(valid, ~torch.isnan(slow.scores))
     assert torch.allclose(fast.scores[valid], slow.scores[valid], atol=1e-9)
+    assert cc.faithfulness(model, circuit, *tokens, metric) == pytest.approx(faithful, abs=1e-9)

@@ -139,6 +139,11 @@ class Faithfulness:
         """The mask that keeps `edges` (keys of the graph's nodes) and ablates every other."""
         return self.runner.keep(self.g, edges)
 
+    def without(self, mask: Any, edges: Iterable[tuple[str, str]]) -> Any:
+        """`mask` with `edges` ablated too: a search's next mask without rebuilding it from the
+        whole edge set."""
+        return self.runner.without(mask, self.keep(edges))
+
     def outputs(self, masks: Sequence[Any], near: Any = None) -> Iterator[Any]:
         """The model's output with each mask's edges alone kept, in order; the masks run stacked
         along the batch, as many per pass as the memory budget allows. On a transformer whose

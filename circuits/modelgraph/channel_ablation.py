@@ -111,8 +111,7 @@ class ChannelAblation:
                 feeder[name_of[n], name_of[conv]] = i
         index = {key: i for i, key in enumerate(keys)}
         edges = list(edges)
-        u = np.fromiter((index[a] for a, _ in edges), dtype=np.int64, count=len(edges))
-        v = np.fromiter((index[b] for _, b in edges), dtype=np.int64, count=len(edges))
+        u, v = np.array([index[x] for e in edges for x in e], dtype=np.int64).reshape(-1, 2).T
         to_out = is_out[v].astype(bool)
         for n in self.direct:  # edges into the output
             out[n][torch.from_numpy(unit[u[to_out & (node[u] == name_of[n])]])] = True
@@ -131,6 +130,14 @@ class ChannelAblation:
             rows = (place[hit], unit[v[hit]], unit[u[hit]])
             masks[name][tuple(torch.from_numpy(r) for r in rows)] = True
         return masks, out
+
+    def without(self, keep: Keep, cut: Keep) -> Keep:
+        """The mask `keep` with the edges of the mask `cut` ablated too."""
+        (masks, out), (cut_masks, cut_out) = keep, cut
+        return (
+            {n: m & ~cut_masks[n] for n, m in masks.items()},
+            {n: m & ~cut_out[n] for n, m in out.items()},
+        )
 
     def prepare(self, inputs: Any, ablated: dict[str, Tensor]) -> Prepared:
         """What every ablated run of `inputs` shares: each node's ablated value, and each conv's
@@ -169,7 +176,7 @@ class ChannelAblation:
                 if carried is None:
                     parts.append(value(v))
                     continue
-                held = (carried == 0).to(base.held[node].device)
+                held = torch.from_numpy(carried == 0).to(base.held[node].device)
                 parts.append(torch.where(per_channel(held, base.held[node].ndim),
                                          base.held[node], value(v)))  # fmt: skip
             return torch.cat(parts)
@@ -210,13 +217,13 @@ class ChannelAblation:
         kept feeding nodes a conv with the pattern's weights of (its input - the cut one)."""
         conv, none = self.convs[name], base.none_in[name]
         value = base.none_out[name].clone()
-        code = plan.codes[name]
+        code = torch.from_numpy(plan.codes[name]).to(x.device)
         for p, served in plan.served[name].items():
             diff = torch.zeros_like(none)
-            for j, chans in served:
-                chans = chans.to(x.device)
+            for j, channels in served:
+                chans = torch.from_numpy(channels).to(x.device)
                 diff[:, chans] = x[copies.index((v, j))][:, chans] - none[:, chans]
-            _add_masked(value, conv, diff, (code == p).to(x.device))
+            _add_masked(value, conv, diff, code == p)
         return value
 
     def _plan(self, keep: Keep) -> Plan:
@@ -228,17 +235,18 @@ class ChannelAblation:
         plan = Plan(assign=[], codes={}, served={}, output=-1)
         for name in self.order:
             senders = self.feeds[name]
-            code = torch.zeros(masks[name].shape[1:], dtype=torch.long)  # [c', c]
-            for i, kept in enumerate(masks[name]):
-                code += kept.long() << i
+            kept = masks[name].numpy()
+            code = np.zeros(kept.shape[1:], dtype=np.int64)  # [c', c]
+            for i in range(len(senders)):
+                code |= kept[i].astype(np.int64) << i
             plan.codes[name], plan.served[name] = code, {}
-            for p in code.flatten().bincount().nonzero()[:, 0].tolist():  # patterns present
+            for p in np.flatnonzero(np.bincount(code.ravel())).tolist():  # patterns present
                 if p:
                     need = (code == p).any(0)
-                    bits = {n: torch.full_like(need, bool(p >> i & 1)) for i, n in
-                            enumerate(senders)}  # fmt: skip
+                    bits = {n: np.full(need.shape, p >> i & 1, dtype=np.int8)
+                            for i, n in enumerate(senders)}  # fmt: skip
                     plan.served[name][p] = plan.place(bits, need, self._channels)
-        bits = {n: out[n] for n in self.direct}
+        bits = {n: out[n].numpy().astype(np.int8) for n in self.direct}
         plan.output = plan.place(bits, None, self._channels)[0][0]
         return plan
 
@@ -265,35 +273,35 @@ class Plan:
     [pattern] the (copy, channels) holding that pattern's input; output: the copy the output is
     read from."""
 
-    assign: list[dict[str, Tensor]]
-    codes: dict[str, Tensor]
-    served: dict[str, dict[int, list[tuple[int, Tensor]]]]
+    assign: list[dict[str, np.ndarray]]
+    codes: dict[str, np.ndarray]
+    served: dict[str, dict[int, list[tuple[int, np.ndarray]]]]
     output: int
 
     def place(
-        self, bits: dict[str, Tensor], need: Tensor | None, channels: Callable[[str], int]
-    ) -> list[tuple[int, Tensor]]:
-        """Copies (new ones where none fits) whose nodes carry `bits` on the `need` channels
-        (None: on every channel, in one copy)."""
+        self, bits: dict[str, np.ndarray], need: np.ndarray | None, channels: Callable[[str], int]
+    ) -> list[tuple[int, np.ndarray]]:
+        """Copies (new ones where none fits) whose nodes carry `bits` (0 or 1 per channel) on the
+        `need` channels (None: on every channel, in one copy)."""
         found = []
         j = 0
-        while need is None or bool(need.any()):
+        while need is None or need.any():
             if j == len(self.assign):
                 self.assign.append({})
             have = self.assign[j]
-            cur = {n: have.get(n, torch.full((channels(n),), -1, dtype=torch.int8)) for n in bits}
-            fits = [(cur[n] < 0) | (cur[n] == b.to(torch.int8)) for n, b in bits.items()]
+            cur = {n: have.get(n, np.full(channels(n), -1, dtype=np.int8)) for n in bits}
+            fits = [(cur[n] < 0) | (cur[n] == b) for n, b in bits.items()]
             if need is None:
-                if all(bool(f.all()) for f in fits):
-                    have.update({n: b.to(torch.int8) for n, b in bits.items()})
-                    return [(j, torch.ones(0, dtype=torch.bool))]
+                if all(f.all() for f in fits):
+                    have.update(bits)
+                    return [(j, np.ones(0, dtype=bool))]
             else:
-                ok = need.clone()
+                ok = need.copy()
                 for f in fits:
                     ok &= f
-                if bool(ok.any()):
+                if ok.any():
                     for n, b in bits.items():
-                        have[n] = torch.where(ok, b.to(torch.int8), cur[n])
+                        have[n] = np.where(ok, b, cur[n])
                     found.append((j, ok))
                     need = need & ~ok
             j += 1
@@ -307,8 +315,9 @@ def _add_masked(out: Tensor, conv: Conv, x: Tensor, mask: Tensor) -> None:
         out += conv._conv_forward(x, conv.weight * _grouped(mask, conv), None)
         return
     rows, cols = mask.any(1).nonzero()[:, 0], mask.any(0).nonzero()[:, 0]
-    pairs = mask[rows][:, cols].to(conv.weight.dtype)
-    weight = conv.weight[rows][:, cols] * pairs.reshape(*pairs.shape, *[1] * (conv.weight.ndim - 2))
+    pairs = mask[rows[:, None], cols].to(conv.weight.dtype)
+    weight = conv.weight[rows[:, None], cols]
+    weight *= pairs.reshape(*pairs.shape, *[1] * (conv.weight.ndim - 2))
     out.index_add_(1, rows, conv._conv_forward(x[:, cols], weight, None))
 
 

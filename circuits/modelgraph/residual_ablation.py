@@ -120,6 +120,10 @@ class ResidualAblation(ResidualGraph):
             )
         return self._places[at]
 
+    def without(self, keep: Tensor, cut: Tensor) -> Tensor:
+        """The mask `keep` with the edges of the mask `cut` ablated too."""
+        return keep & ~cut
+
     def rows_per_pass(self, clean: Clean, memory: int = MEMORY) -> int:
         """How many variants one stacked pass holds under `memory` bytes."""
         x = clean.acts[self.embed]

@@ -135,8 +135,11 @@ class ResidualDelta:
         g, H = self.g, self.g.n_heads
         kv = (keeps & g.valid).numpy()
         change = kv.astype(np.int8) - (base.keep & g.valid).numpy().astype(np.int8)
+        touched = np.asarray(
+            change.any(axis=(0, 1))
+        )  # [receivers]: some variant changes an edge into it
         k = kv.shape[0]
-        moved: dict[int, Tensor] = {}  # sender -> its output's change [k, B, p, d]
+        moved = _Moved()  # sender -> its output's change [k, B, p, d]
         total: Tensor | None = None  # sum of moved, the stream's change
         new = _Recorder(base, k) if record else None
         for ly in range(g.n_layers):
@@ -146,7 +149,7 @@ class ResidualDelta:
             for i, p in enumerate("qkv"):
                 at = win if p == "q" else None
                 cols = [base_col + i * H + h for h in range(H)]
-                dxs = self._dx(base, kv, change, moved, total, cols, at)
+                dxs = self._dx(base, kv, change, touched, moved, total, cols, at)
                 heads = [h for h in range(H) if dxs[h] is not None]
                 if heads:
                     parts[p] = (heads, self._project(base, ly, p, heads, dxs, cols, at, new))
@@ -157,17 +160,18 @@ class ResidualDelta:
                 z = self._attend(base, ly, heads, parts, win)
                 dz = z - _at(base.z[ly][:, :, heads], win, 1)
                 w_o = self.attn[ly].W_O.detach()[heads]
+                step = einops.einsum(dz, w_o, "k b p h e, h e d -> k b p d")
+                total = step if total is None else total + step
                 for j, h in enumerate(heads):
                     s = 1 + ly * g.per_layer + h
-                    moved[s] = einops.einsum(dz[..., j, :], w_o[j], "k b p e, e d -> k b p d")
-                    total = moved[s] if total is None else total + moved[s]
+                    moved.head(s, dz[..., j, :], w_o[j])
                     if new is not None:
                         new.out[s] = base.out[s] + moved[s][0]
                 if new is not None:
                     new.heads(ly, heads, parts, z)
             if g.mlp:
                 col = base_col + 3 * H
-                (dx,) = self._dx(base, kv, change, moved, total, [col], win)
+                (dx,) = self._dx(base, kv, change, touched, moved, total, [col], win)
                 if dx is not None:
                     x = _at(base.x[col], win, 1) + dx
                     out = self._mlp(ly, x)
@@ -177,7 +181,7 @@ class ResidualDelta:
                     if new is not None:
                         new.receiver(col, x)
                         new.out[s] = out[0]
-        (dx,) = self._dx(base, kv, change, moved, total, [len(g.receivers) - 1],
+        (dx,) = self._dx(base, kv, change, touched, moved, total, [len(g.receivers) - 1],
                          None if record else self.positions)  # fmt: skip
         if dx is None:
             logits = base.logits.expand(k, *base.logits.shape)
@@ -193,13 +197,16 @@ class ResidualDelta:
         return new.state(keep=keeps[0], logits=logits[0])
 
     def _dx(
-        self, base: State, kv: np.ndarray, change: np.ndarray, moved: dict[int, Tensor],
+        self, base: State, kv: np.ndarray, change: np.ndarray, touched: np.ndarray,
+        moved: _Moved,
         total: Tensor | None, cols: list[int], at: Sequence[int] | None,
     ) -> list[Tensor | None]:  # fmt: skip
         """Per receiver column, its input's change [k, B, p', d] (p': `at` or every position),
         or None where no variant moves it; columns with the same weights share one tensor."""
         valid = self.g.valid[:, cols[0]]
         send = [s for s in moved if valid[s]]
+        if not send and not touched[cols].any():
+            return [None] * len(cols)
         w = kv[:, send][:, :, cols]
         edges = np.flatnonzero(change[:, :, cols].any(axis=(0, 2))).tolist()
         e = change[:, edges][:, :, cols]
@@ -214,7 +221,7 @@ class ResidualDelta:
 
     def _sum(
         self, base: State, send: list[int], w: np.ndarray, edges: list[int], e: np.ndarray,
-        moved: dict[int, Tensor], total: Tensor | None, at: Sequence[int] | None,
+        moved: _Moved, total: Tensor | None, at: Sequence[int] | None,
     ) -> Tensor | None:  # fmt: skip
         """sum_s w[:, s] * moved[s] + sum_s e[:, s] * (out_s - abl_s), out_s the recorded
         run's; through the running total of the moved senders where few weights are 0."""
@@ -373,6 +380,27 @@ class ResidualDelta:
             if float((ours - theirs).abs().max()) > TOLERANCE * scale:
                 return False
         return True
+
+
+class _Moved(dict[int, Tensor]):
+    """The senders whose output a variant changes, and the change [k, B, p', d]; a head's is
+    computed from its z change on first use (a stream's change sums the heads in one product, so
+    most heads' own changes are never read)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def head(self, s: int, dz: Tensor, w_o: Tensor) -> None:
+        """Head sender s moved by dz [k, B, p', d_head] (its W_O: w_o)."""
+        self.pending[s] = (dz, w_o)
+        self[s] = dz  # a placeholder until read
+
+    def __getitem__(self, s: int) -> Tensor:
+        if s in self.pending:
+            dz, w_o = self.pending.pop(s)
+            self[s] = dz @ w_o
+        return super().__getitem__(s)
 
 
 class _Recorder:
