@@ -119,3 +119,17 @@ def test_a_run_it_does_not_reproduce_falls_back(model, tokens, monkeypatch):
     assert torch.equal(valid, ~torch.isnan(slow.scores))
     assert torch.allclose(fast.scores[valid], slow.scores[valid], atol=1e-9)
     assert cc.faithfulness(model, circuit, *tokens, metric) == pytest.approx(faithful, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("clip_qkv", 1.0), ("use_qk_norm", True), ("positional_embedding_type", "rotary")],
+)
+def test_attention_it_does_not_compute_is_refused(model, tokens, flag, value, monkeypatch):
+    """Options the clean-run check may not see (a clip the clean run does not reach) are refused
+    by name."""
+    metric = metrics(model, tokens)[0]
+    g, base, values = setup(model, tokens, metric)
+    assert ResidualDelta.build(g, base, values) is not None
+    monkeypatch.setattr(model.cfg, flag, value, raising=False)
+    assert ResidualDelta.build(g, base, values) is None

@@ -9,7 +9,8 @@ carries is the config's `Baseline` (`circuits.capture.ablated`).
 Transformers: only the receiver's input moves, so each single-edge variant is computed as the
 change it makes to the clean run (`circuits.modelgraph.residual_delta`): the receiver's head or
 MLP, then every head and MLP downstream, the last layer's queries, MLP and unembedding only at
-the metric's positions; variants into one receiver run stacked along the batch. Where that
+the metric's positions; the variants of one receiver layer run stacked along the batch, in
+receiver order, so those into one receiver share its input. Where that
 computation does not reproduce the model's own run, the hook-based pass
 (`circuits.modelgraph.residual_ablation`) runs instead, resumed from the receiver's block.
 

@@ -92,41 +92,38 @@ class ChannelAblation:
         }  # fmt: skip
         out = {n: torch.zeros(self._channels(n), dtype=torch.bool) for n in self.direct}
         keys = list(g.nodes)
-        names = [*self.order, INPUT]
-        name_of = {n: i for i, n in enumerate(names)}
-        node, unit, is_out = (np.empty(len(keys), dtype=np.int64) for _ in range(3))
+        name_of = {n: i for i, n in enumerate([*self.order, INPUT])}
+        output = len(name_of)  # the output's row and column
+        node, unit = np.empty(len(keys), dtype=np.int64), np.empty(len(keys), dtype=np.int64)
         for i, key in enumerate(keys):
             a = g.nodes[key]
-            is_out[i] = a.get("kind") == "output"
-            node[i] = (
-                -1
-                if is_out[i]
-                else name_of[INPUT if a.get("kind") == "input" else str(a.get("site"))]
-            )
+            kind = a.get("kind")
+            site = INPUT if kind == "input" else str(a.get("site"))
+            node[i] = output if kind == "output" else name_of[site]
             unit[i] = int(a.get("unit", 0) or 0)
         # feeder[sender, conv]: the sender's place among the conv's feeding nodes, or -1
-        feeder = np.full((len(names), len(names)), -1, dtype=np.int64)
+        feeder = np.full((output + 1, output + 1), -1, dtype=np.int64)
         for conv, senders in self.feeds.items():
             for i, n in enumerate(senders):
                 feeder[name_of[n], name_of[conv]] = i
         index = {key: i for i, key in enumerate(keys)}
         edges = list(edges)
         u, v = np.array([index[x] for e in edges for x in e], dtype=np.int64).reshape(-1, 2).T
-        to_out = is_out[v].astype(bool)
+        to_out = node[v] == output
+        place = feeder[node[u], node[v]]
+        for bad, why in (
+            (to_out & ~np.isin(node[u], [name_of[n] for n in self.direct]), "{u!r} does not feed "
+             "the output"),
+            (~to_out & (place < 0), "it does not join a node to a conv it feeds directly in this "
+             "model; use a graph that cc.attribute built for this model"),
+        ):  # fmt: skip
+            if bad.any():
+                a, b = edges[int(np.flatnonzero(bad)[0])]
+                raise InputError(f"edge {a!r} -> {b!r}: " + why.format(u=a))
         for n in self.direct:  # edges into the output
             out[n][torch.from_numpy(unit[u[to_out & (node[u] == name_of[n])]])] = True
-        bad = to_out & ~np.isin(node[u], [name_of[n] for n in self.direct])
-        place = np.where(to_out, 0, feeder[node[u], np.where(to_out, 0, node[v])])
-        bad |= ~to_out & (place < 0)
-        if bad.any():
-            a, b = edges[int(np.flatnonzero(bad)[0])]
-            raise InputError(
-                f"edge {a!r} -> {b!r} does not join a node to a conv it feeds directly in this "
-                "model (or to the output, from a node that feeds it); use a graph that "
-                "cc.attribute built for this model"
-            )
         for name in masks:
-            hit = ~to_out & (node[v] == name_of[name])
+            hit = node[v] == name_of[name]
             rows = (place[hit], unit[v[hit]], unit[u[hit]])
             masks[name][tuple(torch.from_numpy(r) for r in rows)] = True
         return masks, out
@@ -240,7 +237,7 @@ class ChannelAblation:
             for i in range(len(senders)):
                 code |= kept[i].astype(np.int64) << i
             plan.codes[name], plan.served[name] = code, {}
-            for p in np.flatnonzero(np.bincount(code.ravel())).tolist():  # patterns present
+            for p in _present(code, len(senders)):
                 if p:
                     need = (code == p).any(0)
                     bits = {n: np.full(need.shape, p >> i & 1, dtype=np.int8)
@@ -306,6 +303,14 @@ class Plan:
                     need = need & ~ok
             j += 1
         return found
+
+
+def _present(code: np.ndarray, bits: int) -> list[int]:
+    """The patterns (codes of `bits` bits) present in `code`: counted where they are few, sorted
+    where a count would need 2^bits entries (a conv fed by many earlier blocks)."""
+    if bits <= 16:
+        return np.flatnonzero(np.bincount(code.ravel())).tolist()
+    return np.unique(code).tolist()
 
 
 def _add_masked(out: Tensor, conv: Conv, x: Tensor, mask: Tensor) -> None:

@@ -185,15 +185,15 @@ def norm_params(module: nn.Module, norm: str | None) -> tuple[Tensor | None, Ten
 
 def norm_forward(x: Tensor, norm: str | None, params: tuple[Tensor | None, Tensor | None],
                  eps: float) -> Tensor:  # fmt: skip
-    """y = w * u / sqrt(mean(u^2) + eps) + b, u = x - mean(x) for LayerNorm, x for RMSNorm
-    (torch's fused kernels)."""
+    """y = w * u / sqrt(mean(u^2) + eps) + b, u = x - mean(x) for LayerNorm (torch's fused
+    kernel), x for RMSNorm."""
     if norm is None:
         return x
     weight, bias = params
-    shape = x.shape[-1:]
     if norm.startswith("LN"):
-        return F.layer_norm(x, shape, weight, bias, eps)
-    y = F.rms_norm(x, shape, weight, eps)
+        return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
+    y = x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+    y = y if weight is None else y * weight
     return y if bias is None else y + bias
 
 

@@ -19,7 +19,8 @@ This is a second implementation of the model's block (norms, per-head causal att
 through its own module), so `ResidualDelta.build` checks that its own clean run reproduces the
 model's (each layer's hook_z and hook_mlp_out, the last residual stream) and returns None where it
 does not, or where the architecture is one it does not cover (rotary or other position-dependent
-attention, padding masks): callers then use `ResidualAblation.run`, the hook-based pass.
+attention, clipped or normalised queries and keys): callers then use `ResidualAblation.run`, the
+hook-based pass.
 
 Rounding: both compute a receiver's input as a difference of sums of large streams. Where most of
 a receiver's senders are cut and ablated to zero, that difference is small and its norm scales
@@ -29,7 +30,7 @@ its rounding up; in float32 the two then differ by up to 2e-4 in KL divergence o
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,8 @@ from circuits.modelgraph.residual_ablation import Clean, ResidualAblation
 
 # Largest relative error of the clean run, against the model's own, that `build` accepts.
 TOLERANCE = 1e-4
+# Attention options this block does not compute (the clean-run check cannot see all of them).
+_UNCOVERED = ("use_local_attn", "use_qk_norm", "use_attention_sinks", "use_logn_attn")
 
 
 @dataclass
@@ -75,10 +78,9 @@ class ResidualDelta:
         self.abl = [a.to(x0) for site in g.sender_sites
                     for a in g.sender_outputs(site, ablated[site]).unbind(0)]  # fmt: skip
         self.attn = [blk.attn for blk in self.model.blocks]
-        scales = [_attn_scale(blk.attn) for blk in self.model.blocks]
-        if any(s is None for s in scales):
-            raise TypeError("an attention without a known score scale")
-        self.scale = [float(s or 0.0) for s in scales]
+        self.scale = [_attn_scale(blk.attn) for blk in self.model.blocks]
+        cap = getattr(g.model.cfg, "attn_scores_soft_cap", None)  # Gemma 2's; off at <= 0
+        self.cap = float(cap) if cap is not None and cap > 0 else None
         with torch.no_grad():
             self.clean = self._forward(x0)
 
@@ -93,13 +95,13 @@ class ResidualDelta:
             not can_resume(g.model, clean.inputs)
             or getattr(cfg, "positional_embedding_type", "standard") not in ("standard", None)
             or getattr(cfg, "attention_dir", "causal") != "causal"
-            or getattr(cfg, "use_local_attn", False)
-            or any(_attn_scale(blk.attn) is None for blk in g.model.blocks)
+            or getattr(cfg, "clip_qkv", None) is not None  # a clip the clean run may not reach
+            or any(getattr(cfg, flag, False) for flag in _UNCOVERED)
         ):
             return None
         try:
             delta = cls(g, clean, ablated)
-        except (AttributeError, RuntimeError, TypeError):
+        except (AttributeError, RuntimeError, TypeError, ValueError):
             return None
         return delta if delta._reproduces(clean) else None
 
@@ -116,12 +118,14 @@ class ResidualDelta:
         layer's at the metric's positions only) and a few more."""
         g = self.g
         streams = (g.n_layers - 1 - layer) * g.per_layer + 4
-        return max(1, memory // (streams * self.batch * self.seq * g.model.cfg.d_model * 4))
+        x = self.clean.x[0]
+        return max(1, memory // (streams * x.numel() * x.element_size()))
 
     @torch.no_grad()
     def outputs(self, base: State, keeps: Tensor) -> list[Tensor]:
         """The logits [B, seq, vocab] of each variant keeps[k, senders, receivers], computed as
-        changes to `base`; positions the metric does not read hold copies (`place_logits`)."""
+        changes to `base`; at positions the metric does not read they are unspecified
+        (`place_logits`)."""
         logits = self._propagate(base, keeps, record=False)
         assert isinstance(logits, Tensor)
         return [place_logits(x, self.positions, self.seq) for x in logits.unbind(0)]
@@ -187,13 +191,11 @@ class ResidualDelta:
             logits = base.logits.expand(k, *base.logits.shape)
         else:
             x = _at(base.x[-1], None if record else self.positions, 1) + dx
-            if record and self.positions is not None:
-                x = x[:, :, self.positions]
-            logits = self._logits(x)
+            if new is not None:
+                new.receiver(len(g.receivers) - 1, x)
+            logits = self._logits(_at(x, self.positions, 2))
         if new is None:
             return logits
-        if dx is not None:
-            new.receiver(len(g.receivers) - 1, _at(base.x[-1], None, 1) + dx)
         return new.state(keep=keeps[0], logits=logits[0])
 
     def _dx(
@@ -311,7 +313,7 @@ class ResidualDelta:
             return full
 
         q, k, v = get("q", win), get("k", None), get("v", None)
-        return _causal(q, k, v, self.scale[ly], win, self.seq, self.attn[ly])
+        return _causal(q, k, v, self.scale[ly], win, self.seq, self.cap)
 
     def _mlp(self, ly: int, x: Tensor) -> Tensor:
         """The MLP's output on the stream x [..., d] through the block's own module."""
@@ -343,7 +345,7 @@ class ResidualDelta:
                 for p in "QKV"
             ]  # fmt: skip
             q, k, v = (t[None] for t in qkv)
-            z = _causal(q, k, v, self.scale[ly], None, self.seq, self.attn[ly])[0]
+            z = _causal(q, k, v, self.scale[ly], None, self.seq, self.cap)[0]
             head_out = einops.einsum(z, block.attn.W_O.detach(), "b s h e, h e d -> h b s d")
             xs += [stream] * (3 * g.n_heads)
             qs.append(q[0])
@@ -382,25 +384,36 @@ class ResidualDelta:
         return True
 
 
-class _Moved(dict[int, Tensor]):
+class _Moved:
     """The senders whose output a variant changes, and the change [k, B, p', d]; a head's is
     computed from its z change on first use (a stream's change sums the heads in one product, so
     most heads' own changes are never read)."""
 
     def __init__(self) -> None:
-        super().__init__()
+        self.done: dict[int, Tensor] = {}
         self.pending: dict[int, tuple[Tensor, Tensor]] = {}
+        self.order: list[int] = []
 
     def head(self, s: int, dz: Tensor, w_o: Tensor) -> None:
         """Head sender s moved by dz [k, B, p', d_head] (its W_O: w_o)."""
         self.pending[s] = (dz, w_o)
-        self[s] = dz  # a placeholder until read
+        self.order.append(s)
+
+    def __setitem__(self, s: int, change: Tensor) -> None:
+        self.done[s] = change
+        self.order.append(s)
 
     def __getitem__(self, s: int) -> Tensor:
         if s in self.pending:
             dz, w_o = self.pending.pop(s)
-            self[s] = dz @ w_o
-        return super().__getitem__(s)
+            self.done[s] = dz @ w_o
+        return self.done[s]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
 
 
 class _Recorder:
@@ -408,7 +421,6 @@ class _Recorder:
 
     def __init__(self, base: State, k: int) -> None:
         assert k == 1, "a recorded state holds one variant"
-        self.base = base
         self.x = list(base.x)
         self.q, self.k, self.v, self.z = (list(t) for t in (base.q, base.k, base.v, base.z))
         self.out = list(base.out)
@@ -432,15 +444,20 @@ class _Recorder:
 
 
 def _causal(
-    q: Tensor, k: Tensor, v: Tensor, scale: float, at: Sequence[int] | None, seq: int, attn: Any
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    scale: float,
+    at: Sequence[int] | None,
+    seq: int,
+    cap: float | None,
 ) -> Tensor:
     """z [n, B, p', head, d_head] of causal attention; queries [n, B, p', head, d_head] at the
     positions `at` (every position when None), keys and values at every position."""
     n = max(q.shape[0], k.shape[0], v.shape[0])
     q, k, v = (t.expand(n, *t.shape[1:]) for t in (q, k, v))
     scores = einops.einsum(q, k, "n b q h e, n b s h e -> n b h q s") / scale
-    cap = float(getattr(attn, "attn_scores_soft_cap", 0.0) or 0.0)
-    if cap > 0:
+    if cap is not None:
         scores = cap * torch.tanh(scores / cap)
     rows = torch.arange(seq) if at is None else torch.tensor(list(at))
     mask = rows[:, None] < torch.arange(seq)[None, :]
@@ -448,15 +465,15 @@ def _causal(
     return einops.einsum(pattern, v, "n b h q s, n b s h e -> n b q h e")
 
 
-def _attn_scale(attn: Any) -> float | None:
+def _attn_scale(attn: Any) -> float:
     """The attention's score divisor: HookedTransformer's attn_scale, or a TransformerBridge
-    native attention's scale; None where neither is found."""
+    native attention's scale (ValueError where neither is found: no delta runs then)."""
     for module in (attn, getattr(attn, "original_component", None)):
         for name in ("attn_scale", "scale"):
             value = getattr(module, name, None)
             if isinstance(value, int | float) or (isinstance(value, Tensor) and value.numel() == 1):
                 return float(value)
-    return None
+    raise ValueError("an attention without a known score scale")
 
 
 def _at(t: Tensor, at: Sequence[int] | None, axis: int) -> Tensor:
