@@ -55,6 +55,7 @@ def transformer_rows() -> list[dict[str, object]]:
     corrupt = clean.clone()
     corrupt[:, :16] = torch.randint(0, MODEL["d_vocab"], (8, 16), generator=gen)
     metric = logit_diff(correct=11, incorrect=13, position=-1)
+
     def forward_time() -> float:
         with torch.no_grad():
             return interleaved([lambda: model(clean)], repeat=5)[0]
