@@ -133,3 +133,29 @@ def test_attention_it_does_not_compute_is_refused(model, tokens, flag, value, mo
     assert ResidualDelta.build(g, base, values) is not None
     monkeypatch.setattr(model.cfg, flag, value, raising=False)
     assert ResidualDelta.build(g, base, values) is None
+
+
+def test_a_hugging_face_gpt2_bridge(tmp_path):
+    """transformer-lens 4 wraps Hugging Face's own GPT-2 attention (a `scaling` factor, not a
+    divisor): the delta runs are on there too, and match the hook pass (float32)."""
+    transformers = pytest.importorskip("transformers")
+    bridge = pytest.importorskip("transformer_lens.model_bridge")
+    if not hasattr(bridge.TransformerBridge, "boot_transformers"):
+        pytest.skip("this transformer-lens has no Hugging Face bridge")
+    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=40, n_positions=16,
+                                     architectures=["GPT2LMHeadModel"])  # fmt: skip
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(config).eval()
+    hf.save_pretrained(tmp_path)  # a local folder: nothing is downloaded
+    model = bridge.TransformerBridge.boot_transformers(str(tmp_path), hf_model=hf, tokenizer=None)
+    gen = torch.Generator().manual_seed(0)
+    tokens = (
+        torch.randint(0, 40, (3, 10), generator=gen),
+        torch.randint(0, 40, (3, 10), generator=gen),
+    )
+    metric = cc.metrics.kl_div(model(tokens[0]).detach(), position=None)
+    g, base, values = setup(model, tokens, metric)
+    delta = ResidualDelta.build(g, base, values)
+    assert delta is not None, "the delta runs are off on a Hugging Face bridge"
+    masks = random_masks(g, 5, 0.5, seed=1)
+    assert gap(metric, delta.outputs(delta.clean, masks), g.run(base, values, masks)) <= 1e-6

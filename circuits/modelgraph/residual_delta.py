@@ -139,9 +139,8 @@ class ResidualDelta:
         g, H = self.g, self.g.n_heads
         kv = (keeps & g.valid).numpy()
         change = kv.astype(np.int8) - (base.keep & g.valid).numpy().astype(np.int8)
-        touched = np.asarray(
-            change.any(axis=(0, 1))
-        )  # [receivers]: some variant changes an edge into it
+        # [receivers]: some variant changes an edge into it
+        touched = np.asarray(change.any(axis=(0, 1)))
         k = kv.shape[0]
         moved = _Moved()  # sender -> its output's change [k, B, p, d]
         total: Tensor | None = None  # sum of moved, the stream's change
@@ -466,13 +465,14 @@ def _causal(
 
 
 def _attn_scale(attn: Any) -> float:
-    """The attention's score divisor: HookedTransformer's attn_scale, or a TransformerBridge
-    native attention's scale (ValueError where neither is found: no delta runs then)."""
+    """The attention's score divisor: HookedTransformer's attn_scale, a TransformerBridge native
+    attention's scale, or 1 / a Hugging Face attention's scaling (a factor); ValueError where
+    none is found (no delta runs then)."""
     for module in (attn, getattr(attn, "original_component", None)):
-        for name in ("attn_scale", "scale"):
+        for name in ("attn_scale", "scale", "scaling"):
             value = getattr(module, name, None)
             if isinstance(value, int | float) or (isinstance(value, Tensor) and value.numel() == 1):
-                return float(value)
+                return 1 / float(value) if name == "scaling" else float(value)
     raise ValueError("an attention without a known score scale")
 
 
