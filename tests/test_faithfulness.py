@@ -18,6 +18,7 @@ from torch import nn
 
 import circuits as cc
 from circuits.errors import ConfigError, InputError, MetricError, ModelError, ShapeMismatchError
+from circuits.faithfulness import Faithfulness
 from circuits.zoo import CORNER_CIRCUIT, INDUCTION_HEADS, corner_cnn, corner_images
 
 # -- transformers --------------------------------------------------------------------------------
@@ -164,19 +165,32 @@ class Stack(nn.Module):
         return self.head(h.mean(dim=(2, 3)))
 
 
+class Grouped(Stack):
+    """Stack with grouped convs: conv1 2 -> 4 channels and conv2 4 -> 4, each in 2 groups."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 4, 3, padding=1, groups=2)
+        self.conv2 = nn.Conv2d(4, 4, 3, stride=2, groups=2)
+        self.head = nn.Linear(4, 2)
+
+
 def hand_conv(model, x, x_abl, kept):
-    """Stack's output with each channel edge summed by hand: input channel c enters output
-    channel c' of a conv as conv(x_c, W[c', c]), from the ablated run where (c, c') is not kept."""
+    """Stack's (or Grouped's) output with each channel edge summed by hand: input channel c enters
+    output channel c' of a conv as conv(x_c, W[c', c]) (c in the group of c'), from the ablated
+    run where (c, c') is not kept."""
 
     def layer(conv, name, inp, inp_abl, source):
         outs = []
+        per_in, per_out = conv.in_channels // conv.groups, conv.out_channels // conv.groups
         for o in range(conv.out_channels):
             total = conv.bias[o].expand(1)
-            for c in range(conv.in_channels):
+            group = o // per_out
+            for c in range(group * per_in, (group + 1) * per_in):
                 keep = (f"{source}[{c}]", f"{name}[{o}]") in kept
                 part = (inp if keep else inp_abl)[:, c : c + 1]
-                total = total + F.conv2d(part, conv.weight[o : o + 1, c : c + 1],
-                                         stride=conv.stride, padding=conv.padding)  # fmt: skip
+                weight = conv.weight[o : o + 1, c - group * per_in][:, None]
+                total = total + F.conv2d(part, weight, stride=conv.stride, padding=conv.padding)
             outs.append(total)
         return torch.cat(outs, 1)
 
@@ -185,7 +199,8 @@ def hand_conv(model, x, x_abl, kept):
         p2_abl = model.conv2(a1)
         p1 = layer(model.conv1, "conv1", x, x_abl, "conv1:input")
         p2 = layer(model.conv2, "conv2", torch.tanh(p1), a1, "conv1")
-        out_kept = torch.tensor([(f"conv2[{c}]", "output") in kept for c in range(3)])
+        n_out = model.conv2.out_channels
+        out_kept = torch.tensor([(f"conv2[{c}]", "output") in kept for c in range(n_out)])
         p2 = torch.where(out_kept[None, :, None, None], p2, p2_abl)
         return model.head(torch.relu(p2).mean(dim=(2, 3)))
 
@@ -247,6 +262,9 @@ def test_bad_input_raises_and_leaves_the_model_alone(induction):
         cc.faithfulness(model, corner, clean, corrupt, loss)
     with pytest.raises(InputError, match="not a conv channel"):
         cc.faithfulness(corner_cnn(), full, images, images.flip(-1), lambda o: o.sum())
+    check = Faithfulness(corner_cnn(), corner, images[1:3], images[[0, 3]], lambda o: o.sum())
+    with pytest.raises(InputError, match="'conv9\\[0\\]' is not a node of the graph"):
+        check.keep([("conv9[0]", "output")])
     with pytest.raises(ConfigError, match="either target"):
         cc.discover(model, clean, corrupt, loss, target=0.9, top_k=3)
     assert cc.hook_count(model) == hooks_before
@@ -321,6 +339,8 @@ def hand_residual(model, x, x_abl, kept):
     ("net", "hand", "n_edges", "sizes"),
     [
         (Stack, hand_conv, 2 * 4 + 4 * 3 + 3, (4, 10, 16)),
+        # each input channel feeds the 2 output channels of its group
+        (Grouped, hand_conv, 2 * 2 + 4 * 2 + 4, (4, 8, 12)),
         # conv3 reads conv2 and, through the skip, conv1: 2 x (3 x 2) edges
         (Residual, hand_residual, 2 * 3 + 3 * 3 + 2 * (3 * 2) + 2, (5, 12, 20, 27)),
     ],

@@ -111,7 +111,7 @@ class Faithfulness:
             if is_transformer_lens(model)
             else ChannelAblation(model, g, clean, metric)
         )
-        self.runner.keep(g, g.edges())  # a graph the runner cannot map fails here, before any run
+        self.runner.keep(g, g)  # a graph the runner cannot map fails here, before any run
         self.g, self.metric, self.memory = g, metric, memory
         run = capture(model, clean, sites=self.runner.clean_sites, metric=metric)
         values, _ = ablated(model, self.runner.sender_sites, base, clean, corrupt,
@@ -135,8 +135,9 @@ class Faithfulness:
                 "metric"
             )
 
-    def keep(self, edges: Iterable[tuple[str, str]]) -> Any:
-        """The mask that keeps `edges` (keys of the graph's nodes) and ablates every other."""
+    def keep(self, edges: Iterable[tuple[str, str]] | nx.DiGraph) -> Any:
+        """The mask that keeps `edges` (pairs of keys of the graph's nodes, or a subgraph: its
+        edges) and ablates every other."""
         return self.runner.keep(self.g, edges)
 
     def without(self, mask: Any, edges: Iterable[tuple[str, str]]) -> Any:
@@ -178,5 +179,5 @@ class Faithfulness:
         """(m(sub) - m(empty)) / (m(model) - m(empty)) for a subgraph `sub` of the graph."""
         if not sub.edges:
             return 0.0
-        (value,) = self.values([self.keep(sub.edges())])
+        (value,) = self.values([self.keep(sub)])
         return (value - self.empty_value) / (self.model_value - self.empty_value)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, cast
 
 import networkx as nx
@@ -38,7 +39,7 @@ from circuits.hooks import run
 from circuits.hooks.variants import DEFAULT_MEMORY as MEMORY
 from circuits.inputs import repeat, split
 from circuits.loops import chunks
-from circuits.modelgraph.channels import INPUT, Conv, patched_run, per_channel, trace
+from circuits.modelgraph.channels import INPUT, Conv, patched_run, trace
 from circuits.site import Site
 
 Keep = tuple[dict[str, Tensor], dict[str, Tensor]]
@@ -78,55 +79,72 @@ class ChannelAblation:
                 "through no other conv (a skip connection from the input), so ablating it needs "
                 "a different model input; put the conv before it in the graph (layers=...)"
             )
+        # a node's row; feeder[sender row, conv row]: the sender's place among the conv's
+        # feeding nodes, or -1 (the output: one more row and column)
+        self.name_of = {n: i for i, n in enumerate([*self.order, INPUT])}
+        self.feeder = np.full((len(self.name_of) + 1,) * 2, -1, dtype=np.int64)
+        for conv, senders in self.feeds.items():
+            for i, n in enumerate(senders):
+                self.feeder[self.name_of[n], self.name_of[conv]] = i
+        self._table: tuple[nx.DiGraph, list[Any], dict[Any, int], np.ndarray, np.ndarray] | None
+        self._table = None
         # the sites whose ablated values `run` reads (as for ResidualAblation)
         self.sender_sites = [f"{self.first}:input", *self.order]
         self.clean_sites = self.sender_sites
 
-    def keep(self, g: nx.DiGraph, edges: Iterable[tuple[str, str]]) -> Keep:
-        """Which of the model's channel edges are kept: `edges` (keys of g's nodes), gathered
-        into index lists and set in bulk (a circuit has 10^5 edges and more)."""
-        masks = {
-            name: torch.zeros(len(self.feeds[name]), conv.out_channels, conv.in_channels,
-                              dtype=torch.bool)
-            for name, conv in self.convs.items()
-        }  # fmt: skip
-        out = {n: torch.zeros(self._channels(n), dtype=torch.bool) for n in self.direct}
-        keys = list(g.nodes)
-        name_of = {n: i for i, n in enumerate([*self.order, INPUT])}
-        output = len(name_of)  # the output's row and column
-        node, unit = np.empty(len(keys), dtype=np.int64), np.empty(len(keys), dtype=np.int64)
-        for i, key in enumerate(keys):
-            a = g.nodes[key]
-            kind = a.get("kind")
-            site = INPUT if kind == "input" else str(a.get("site"))
-            node[i] = output if kind == "output" else name_of[site]
-            unit[i] = int(a.get("unit", 0) or 0)
-        # feeder[sender, conv]: the sender's place among the conv's feeding nodes, or -1
-        feeder = np.full((output + 1, output + 1), -1, dtype=np.int64)
-        for conv, senders in self.feeds.items():
-            for i, n in enumerate(senders):
-                feeder[name_of[n], name_of[conv]] = i
-        index = {key: i for i, key in enumerate(keys)}
-        edges = list(edges)
-        u, v = np.array([index[x] for e in edges for x in e], dtype=np.int64).reshape(-1, 2).T
+    def keep(self, g: nx.DiGraph, edges: Iterable[tuple[str, str]] | nx.DiGraph) -> Keep:
+        """Which of the model's channel edges are kept: `edges` (pairs of keys of g's nodes, or a
+        subgraph: its edges), mapped to index arrays and set in bulk (a circuit has 10^5 edges
+        and more)."""
+        keys, index, node, unit = self._nodes(g)
+        try:
+            u, v = _ends(edges, index)
+        except KeyError as err:
+            raise InputError(f"edge end {err.args[0]!r} is not a node of the graph") from None
+        output = len(self.name_of)
         to_out = node[v] == output
-        place = feeder[node[u], node[v]]
+        place = self.feeder[node[u], node[v]]
         for bad, why in (
-            (to_out & ~np.isin(node[u], [name_of[n] for n in self.direct]), "{u!r} does not feed "
-             "the output"),
+            (to_out & ~np.isin(node[u], [self.name_of[n] for n in self.direct]), "{u!r} does not "
+             "feed the output"),
             (~to_out & (place < 0), "it does not join a node to a conv it feeds directly in this "
              "model; use a graph that cc.attribute built for this model"),
         ):  # fmt: skip
             if bad.any():
-                a, b = edges[int(np.flatnonzero(bad)[0])]
+                a, b = keys[u[np.flatnonzero(bad)[0]]], keys[v[np.flatnonzero(bad)[0]]]
                 raise InputError(f"edge {a!r} -> {b!r}: " + why.format(u=a))
+        out = {}
         for n in self.direct:  # edges into the output
-            out[n][torch.from_numpy(unit[u[to_out & (node[u] == name_of[n])]])] = True
-        for name in masks:
-            hit = node[v] == name_of[name]
-            rows = (place[hit], unit[v[hit]], unit[u[hit]])
-            masks[name][tuple(torch.from_numpy(r) for r in rows)] = True
+            kept = np.zeros(self._channels(n), dtype=bool)
+            kept[unit[u[to_out & (node[u] == self.name_of[n])]]] = True
+            out[n] = torch.from_numpy(kept)
+        # every conv's mask [feeders, c', c] in one buffer, an edge set at its flat offset (a
+        # conv's row in `node` is its place in `order`)
+        shapes = [(len(self.feeds[n]), self.convs[n].out_channels, self.convs[n].in_channels)
+                  for n in self.order]  # fmt: skip
+        dims, sizes = np.array(shapes), np.array([int(np.prod(s)) for s in shapes])
+        start = np.cumsum(sizes) - sizes
+        into = ~to_out
+        t = node[v[into]]
+        flat = np.zeros(int(sizes.sum()), dtype=bool)
+        flat[start[t] + (place[into] * dims[t, 1] + unit[v[into]]) * dims[t, 2] + unit[u[into]]] = 1
+        masks = {n: torch.from_numpy(flat[start[i] : start[i] + sizes[i]].reshape(shapes[i]))
+                 for i, n in enumerate(self.order)}  # fmt: skip
         return masks, out
+
+    def _nodes(self, g: nx.DiGraph) -> tuple[list[Any], dict[Any, int], np.ndarray, np.ndarray]:
+        """g's node keys, their index, and per node its row in `feeder` (the output's last) and
+        its channel; kept for the graph last asked about (faithfulness asks of one graph)."""
+        if self._table is None or self._table[0] is not g or len(self._table[1]) != len(g):
+            keys = list(g.nodes)
+            node, unit = np.empty(len(keys), dtype=np.int64), np.empty(len(keys), dtype=np.int64)
+            for i, a in enumerate(g.nodes.values()):
+                kind = a.get("kind")
+                site = INPUT if kind == "input" else str(a.get("site"))
+                node[i] = len(self.name_of) if kind == "output" else self.name_of[site]
+                unit[i] = int(a.get("unit", 0) or 0)
+            self._table = (g, keys, {key: i for i, key in enumerate(keys)}, node, unit)
+        return self._table[1:]
 
     def without(self, keep: Keep, cut: Keep) -> Keep:
         """The mask `keep` with the edges of the mask `cut` ablated too."""
@@ -161,22 +179,29 @@ class ChannelAblation:
         """The output of each variant with only its `keep` edges carrying their value: one pass
         over the copies every variant's plan asks for, stacked along the batch."""
         plans = [self._plan(keep) for keep in keeps]
-        copies = [(v, j) for v, plan in enumerate(plans) for j in range(len(plan.assign))]
+        copies = [(v, j) for v, plan in enumerate(plans) for j in range(plan.copies)]
+        first = np.cumsum([0] + [plan.copies for plan in plans]).tolist()  # a variant's copy 0
         batch = _batch(base.inputs)
         xs: dict[str, Tensor] = {}
 
         def mix(node: str, value: Callable[[int], Tensor]) -> Tensor:
-            """The node's value in every copy: held where the copy's plan says so."""
-            parts = []
-            for v, j in copies:
-                carried = plans[v].assign[j].get(node)
-                if carried is None:
-                    parts.append(value(v))
-                    continue
-                held = torch.from_numpy(carried == 0).to(base.held[node].device)
-                parts.append(torch.where(per_channel(held, base.held[node].ndim),
-                                         base.held[node], value(v)))  # fmt: skip
-            return torch.cat(parts)
+            """The node's value in every copy: held on the channels the copy's plan says."""
+            held = base.held[node]
+            cut = np.zeros((len(copies), held.shape[1]), dtype=bool)
+            for i, (v, j) in enumerate(copies):
+                carried = plans[v].carry.get(node)
+                if carried is not None and j < len(carried):
+                    cut[i] = carried[j] == 0
+            stacked = (
+                value(0).expand(len(copies), *held.shape)
+                if len(plans) == 1
+                else torch.stack([value(v) for v, _ in copies])
+            )
+            if cut.any():
+                where = torch.from_numpy(cut).to(held.device)
+                where = where.reshape(len(copies), 1, -1, *[1] * (held.ndim - 2))
+                stacked = torch.where(where, held, stacked)
+            return stacked.reshape(-1, *held.shape[1:])
 
         def enter(name: str) -> Any:
             def fn(act: Tensor, site: Site) -> Tensor | None:
@@ -190,7 +215,7 @@ class ChannelAblation:
         def leave(name: str) -> Any:
             def fn(act: Tensor, site: Site) -> Tensor:
                 x = xs[name].reshape(len(copies), batch, *xs[name].shape[1:])
-                runs = [self._value(name, base, plan, x, copies, v) for v, plan in
+                runs = [self._value(name, base, plan, x[first[v]:]) for v, plan in
                         enumerate(plans)]  # fmt: skip
                 return mix(name, lambda v: runs[v])
 
@@ -204,23 +229,18 @@ class ChannelAblation:
         skip = {name: repeat(base.none_out[name], len(copies)) for name in self.order}
         out = run(self.model, repeat(base.inputs, len(copies)), replace=fns, bypass=skip).output
         outs = split(out, len(copies), batch)
-        return [outs[copies.index((v, plan.output))] for v, plan in enumerate(plans)]
+        return [outs[first[v] + plan.output] for v, plan in enumerate(plans)]
 
-    def _value(
-        self, name: str, base: Prepared, plan: Plan, x: Tensor, copies: list[tuple[int, int]],
-        v: int,
-    ) -> Tensor:  # fmt: skip
-        """Conv `name`'s output in variant v: its output with every edge cut, plus per pattern of
-        kept feeding nodes a conv with the pattern's weights of (its input - the cut one)."""
+    def _value(self, name: str, base: Prepared, plan: Plan, x: Tensor) -> Tensor:
+        """Conv `name`'s output in a variant whose copies of the input x [copy, B, c, ...] start at
+        copy 0: its output with every edge cut, plus per pattern of kept feeding nodes a conv with
+        the pattern's weights of (the pattern's input - the cut one)."""
         conv, none = self.convs[name], base.none_in[name]
         value = base.none_out[name].clone()
-        code = torch.from_numpy(plan.codes[name]).to(x.device)
-        for p, served in plan.served[name].items():
-            diff = torch.zeros_like(none)
-            for j, channels in served:
-                chans = torch.from_numpy(channels).to(x.device)
-                diff[:, chans] = x[copies.index((v, j))][:, chans] - none[:, chans]
-            _add_masked(value, conv, diff, code == p)
+        for term in plan.terms[name]:
+            copy, cols = (torch.from_numpy(t).to(x.device) for t in (term.copy, term.cols))
+            diff = x[copy, :, cols].transpose(0, 1) - none[:, cols]
+            _add_masked(value, conv, diff, term)
         return value
 
     def _plan(self, keep: Keep) -> Plan:
@@ -229,22 +249,25 @@ class ChannelAblation:
         channel, in one copy (ops between convs act channel by channel); the output reads one
         copy with each node feeding it kept or held as its edge to the output says."""
         masks, out = keep
-        plan = Plan(assign=[], codes={}, served={}, output=-1)
+        plan = Plan(copies=0, carry={}, terms={}, output=-1)
         for name in self.order:
             senders = self.feeds[name]
             kept = masks[name].numpy()
-            code = np.zeros(kept.shape[1:], dtype=np.int64)  # [c', c]
+            kind = np.min_scalar_type(2 ** len(senders) - 1)
+            code = np.zeros(kept.shape[1:], dtype=kind)  # [c', c]
             for i in range(len(senders)):
-                code |= kept[i].astype(np.int64) << i
-            plan.codes[name], plan.served[name] = code, {}
+                code |= kept[i].astype(kind) << i
+            plan.terms[name] = []
             for p in _present(code, len(senders)):
                 if p:
-                    need = (code == p).any(0)
-                    bits = {n: np.full(need.shape, p >> i & 1, dtype=np.int8)
-                            for i, n in enumerate(senders)}  # fmt: skip
-                    plan.served[name][p] = plan.place(bits, need, self._channels)
+                    hit = code == p
+                    need = hit.any(0)
+                    rows, cols = np.flatnonzero(hit.any(1)), np.flatnonzero(need)
+                    pattern = {n: p >> i & 1 for i, n in enumerate(senders)}
+                    copy = plan.place(pattern, cols, len(need))
+                    plan.terms[name].append(Term(rows, cols, copy, hit[rows][:, cols]))
         bits = {n: out[n].numpy().astype(np.int8) for n in self.direct}
-        plan.output = plan.place(bits, None, self._channels)[0][0]
+        plan.output = plan.place_all(bits)
         return plan
 
     def _channels(self, node: str) -> int:
@@ -263,67 +286,114 @@ class Prepared:
     none_out: dict[str, Tensor]
 
 
+@dataclass(frozen=True)
+class Term:
+    """One pattern of kept feeding nodes at a conv: the output channels `rows` and input channels
+    `cols` it joins, the copy of the input holding it per column, pairs[row, col] where it holds
+    (the [c', c] pairs with that pattern)."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    copy: np.ndarray
+    pairs: np.ndarray
+
+
 @dataclass
 class Plan:
-    """One variant's copies: assign[j][node] per channel, 1 its value in the variant's run, 0 its
-    ablated value, -1 free; codes[conv] the pattern of kept feeding nodes per [c', c]; served[conv]
-    [pattern] the (copy, channels) holding that pattern's input; output: the copy the output is
-    read from."""
+    """One variant's copies of the run: `copies` of them; carry[node][j, channel] 1 where copy j
+    carries the node's value in the variant's run, 0 its ablated value, -1 free (rows past the
+    array's end are free); terms[conv] its patterns of kept feeding nodes; output: the copy the
+    output is read from."""
 
-    assign: list[dict[str, np.ndarray]]
-    codes: dict[str, np.ndarray]
-    served: dict[str, dict[int, list[tuple[int, np.ndarray]]]]
+    copies: int
+    carry: dict[str, np.ndarray]
+    terms: dict[str, list[Term]]
     output: int
 
-    def place(
-        self, bits: dict[str, np.ndarray], need: np.ndarray | None, channels: Callable[[str], int]
-    ) -> list[tuple[int, np.ndarray]]:
-        """Copies (new ones where none fits) whose nodes carry `bits` (0 or 1 per channel) on the
-        `need` channels (None: on every channel, in one copy)."""
-        found = []
+    def place(self, bits: dict[str, int], cols: np.ndarray, width: int) -> np.ndarray:
+        """Per channel in `cols` (of `width`), the copy that carries `bits` (one per node) there:
+        the first whose nodes carry those bits or are free on that channel, else a new one."""
+        fits = np.ones((self.copies, len(cols)), dtype=bool)
+        for n, b in bits.items():
+            have = self.carry.get(n)
+            if have is not None:
+                fits[: len(have)] &= (have[:, cols] < 0) | (have[:, cols] == b)
+        copy = np.full(len(cols), self.copies)
+        if self.copies:  # the first copy that fits, where one does
+            copy = np.where(fits.any(0), fits.argmax(0), copy)
+        self.copies = max(self.copies, int(copy.max(initial=-1)) + 1)
+        for n, b in bits.items():
+            self._rows(n, width)
+            self.carry[n][copy, cols] = b
+        return copy
+
+    def place_all(self, bits: dict[str, np.ndarray]) -> int:
+        """The first copy whose nodes carry `bits` (per channel) or are free on every channel,
+        else a new one; it then carries them."""
         j = 0
-        while need is None or need.any():
-            if j == len(self.assign):
-                self.assign.append({})
-            have = self.assign[j]
-            cur = {n: have.get(n, np.full(channels(n), -1, dtype=np.int8)) for n in bits}
-            fits = [(cur[n] < 0) | (cur[n] == b) for n, b in bits.items()]
-            if need is None:
-                if all(f.all() for f in fits):
-                    have.update(bits)
-                    return [(j, np.ones(0, dtype=bool))]
-            else:
-                ok = need.copy()
-                for f in fits:
-                    ok &= f
-                if ok.any():
-                    for n, b in bits.items():
-                        have[n] = np.where(ok, b, cur[n])
-                    found.append((j, ok))
-                    need = need & ~ok
+        while j < self.copies:
+            have = [(self.carry[n], b) for n, b in bits.items() if n in self.carry]
+            if all(((h[j] < 0) | (h[j] == b)).all() for h, b in have if j < len(h)):
+                break
             j += 1
-        return found
+        self.copies = max(self.copies, j + 1)
+        for n, b in bits.items():
+            self._rows(n, len(b))
+            self.carry[n][j] = b
+        return j
+
+    def _rows(self, node: str, width: int) -> None:
+        """Grow carry[node] ([copy, width]) to `copies` rows, the new ones free."""
+        have = self.carry.get(node, np.full((0, width), -1, dtype=np.int8))
+        if len(have) < self.copies:
+            pad = np.full((self.copies - len(have), have.shape[1]), -1, dtype=np.int8)
+            have = np.concatenate([have, pad])
+        self.carry[node] = have
+
+
+def _ends(
+    edges: Iterable[tuple[str, str]] | nx.DiGraph, index: dict[Any, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The index arrays (u, v) of `edges`: pairs, or a graph's edges read off its adjacency
+    (a third faster than iterating its edge view)."""
+    if isinstance(edges, nx.DiGraph):
+        us: list[int] = []
+        vs: list[int] = []
+        for u, nbrs in edges.adj.items():
+            if nbrs:
+                us += [index[u]] * len(nbrs)
+                vs += map(index.__getitem__, nbrs)
+        return np.array(us, dtype=np.int64), np.array(vs, dtype=np.int64)
+    ends = np.fromiter(map(index.__getitem__, chain.from_iterable(edges)), np.int64)
+    u, v = ends.reshape(-1, 2).T
+    return u, v
 
 
 def _present(code: np.ndarray, bits: int) -> list[int]:
     """The patterns (codes of `bits` bits) present in `code`: counted where they are few, sorted
     where a count would need 2^bits entries (a conv fed by many earlier blocks)."""
+    if bits == 1:  # one feeding node (most convs): no count needed
+        return [p for p, there in ((0, not code.all()), (1, bool(code.any()))) if there]
     if bits <= 16:
         return np.flatnonzero(np.bincount(code.ravel())).tolist()
     return np.unique(code).tolist()
 
 
-def _add_masked(out: Tensor, conv: Conv, x: Tensor, mask: Tensor) -> None:
-    """out += conv of x with only the weights of the [c', c] pairs in `mask`; without groups
-    only the output and input channels the mask touches are convolved."""
+def _add_masked(out: Tensor, conv: Conv, x: Tensor, term: Term) -> None:
+    """out += conv of x [B, term.cols, ...] with only the weights of the term's [c', c] pairs;
+    without groups only the term's output and input channels are convolved."""
+    rows, cols = (torch.from_numpy(t).to(x.device) for t in (term.rows, term.cols))
+    pairs = torch.from_numpy(term.pairs).to(conv.weight)
     if int(conv.groups) != 1:
-        out += conv._conv_forward(x, conv.weight * _grouped(mask, conv), None)
+        mask = conv.weight.new_zeros(conv.out_channels, conv.in_channels)
+        mask[rows[:, None], cols] = pairs
+        full = x.new_zeros(x.shape[0], conv.in_channels, *x.shape[2:])
+        full[:, cols] = x
+        out += conv._conv_forward(full, conv.weight * _grouped(mask, conv), None)
         return
-    rows, cols = mask.any(1).nonzero()[:, 0], mask.any(0).nonzero()[:, 0]
-    pairs = mask[rows[:, None], cols].to(conv.weight.dtype)
-    weight = conv.weight[rows[:, None], cols]
-    weight *= pairs.reshape(*pairs.shape, *[1] * (conv.weight.ndim - 2))
-    out.index_add_(1, rows, conv._conv_forward(x[:, cols], weight, None))
+    weight = conv.weight.index_select(0, rows).index_select(1, cols)  # faster than [rows, cols]
+    weight = weight * pairs.reshape(*pairs.shape, *[1] * (conv.weight.ndim - 2))
+    out.index_add_(1, rows, conv._conv_forward(x, weight, None))
 
 
 def _grouped(mask: Tensor, conv: Conv) -> Tensor:

@@ -83,13 +83,13 @@ class ResidualAblation(ResidualGraph):
         self._send = {n: i for i, n in enumerate(self.senders)}
         self._places: dict[tuple[Any, ...], tuple[int | None, list[int], float]] = {}
 
-    def keep(self, g: nx.DiGraph, edges: Iterable[tuple[str, str]]) -> Tensor:
-        """keep[s, r]: the edge sender s -> receiver r is kept (`edges` are keys of g's nodes; an
-        edge into a head keeps its query, key and value inputs)."""
+    def keep(self, g: nx.DiGraph, edges: Iterable[tuple[str, str]] | nx.DiGraph) -> Tensor:
+        """keep[s, r]: the edge sender s -> receiver r is kept (`edges`: pairs of keys of g's
+        nodes, or a subgraph; an edge into a head keeps its query, key and value inputs)."""
         place = {key: self._place(key, attrs) for key, attrs in g.nodes(data=True)}
         rows: list[int] = []
         cols: list[int] = []
-        for u, v in edges:
+        for u, v in edges.edges if isinstance(edges, nx.DiGraph) else edges:
             (send, _, a), (_, into, b) = place[u], place[v]
             if send is None or not into:
                 raise InputError(

@@ -31,7 +31,7 @@ its rounding up; in float32 the two then differ by up to 2e-4 in KL divergence o
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import einops
@@ -54,7 +54,8 @@ class State:
     """A run with the edges `keep` [senders, receivers] kept: per receiver its input x [B, p, d]
     (receivers reading the same stream share one tensor); per layer q, k, v, z [B, p, head,
     d_head]; per sender its output [B, p, d] (heads: z_h @ W_O[h]); the logits [B, P, vocab] at
-    the metric's positions (all when it declares none)."""
+    the metric's positions (all when it declares none); per sender out - its ablated value, filled
+    on first use (`gap`)."""
 
     keep: Tensor
     x: list[Tensor]
@@ -64,6 +65,7 @@ class State:
     z: list[Tensor]
     out: list[Tensor]
     logits: Tensor
+    gap: dict[int, Tensor] = field(default_factory=dict)
 
 
 class ResidualDelta:
@@ -257,7 +259,10 @@ class ResidualDelta:
             for j in np.flatnonzero(w.any(0)).tolist():
                 add(w[:, j].astype(np.int8), _at(moved[send[j]], at, 2))
         for j in np.flatnonzero(e.any(0)).tolist():
-            add(e[:, j], _at(base.out[edges[j]] - self.abl[edges[j]], at, 1)[None])
+            s = edges[j]
+            if s not in base.gap:
+                base.gap[s] = base.out[s] - self.abl[s]
+            add(e[:, j], _at(base.gap[s], at, 1)[None])
         return acc
 
     def _project(
