@@ -11,8 +11,9 @@
    (same circuit); EAP with zero ablation against patch ablation.
 2. On the ResNet-18 shape (batch 2 x 3 x 64 x 64): edge-level faithfulness of the top 5% of EAP's
    channel edges against one forward pass (masked-weight convolutions of the kept channel pairs,
-   one stacked pass); and edge patching of the stem conv's edges (its input channels and its
-   edges to the output: every later conv is on the paths) against one forward pass per edge.
+   one stacked pass), whole and without turning the graph into masks; and edge patching of the
+   stem conv's edges (its input channels and its edges to the output: every later conv is on the
+   paths) against one forward pass per edge.
 """
 
 from __future__ import annotations
@@ -127,8 +128,12 @@ def conv_rows() -> list[dict[str, object]]:
     full = cc.build_graph(cc.attribute(model, clean, corrupt, metric, method="eap"))
     circuit = cc.prune(full, top_k=full.number_of_edges() // 20)
     check = Faithfulness(model, full, clean, corrupt, metric)
+    mask = check.keep(circuit)
     with torch.no_grad():
-        forward, score = interleaved([lambda: model(clean), lambda: check.score(circuit)], repeat=3)
+        forward, score, masked = interleaved(
+            [lambda: model(clean), lambda: check.score(circuit), lambda: check.values([mask])],
+            repeat=3,
+        )
     got = {}
     took = _once(
         lambda: got.update(
@@ -144,6 +149,12 @@ def conv_rows() -> list[dict[str, object]]:
             forward,
             f"{len(check.runner.order)} convs; value {check.score(circuit):.2f}; FLOPs "
             f"{_flops(lambda: check.score(circuit)) / _flops(lambda: model(clean)):.1f} forwards",
+        ),
+        row(
+            "faithfulness, the ablated run of the circuit's mask / one forward, ResNet-18 shape",
+            masked,
+            forward,
+            "the score less turning the graph's edges into masks",
         ),
         row(
             f"conv edge patching, {n_edges} stem edges / one forward per edge, ResNet-18 shape",

@@ -19,6 +19,7 @@ from torch import nn
 import circuits as cc
 from circuits.errors import ConfigError, InputError, MetricError, ModelError, ShapeMismatchError
 from circuits.faithfulness import Faithfulness
+from circuits.modelgraph import channel_ablation
 from circuits.zoo import CORNER_CIRCUIT, INDUCTION_HEADS, corner_cnn, corner_images
 
 # -- transformers --------------------------------------------------------------------------------
@@ -345,7 +346,11 @@ def hand_residual(model, x, x_abl, kept):
         (Residual, hand_residual, 2 * 3 + 3 * 3 + 2 * (3 * 2) + 2, (5, 12, 20, 27)),
     ],
 )
-def test_conv_faithfulness_equals_a_hand_written_edge_ablation(net, hand, n_edges, sizes):
+@pytest.mark.parametrize("call_macs", [0, 10**12])  # a conv's patterns apart, or merged
+def test_conv_faithfulness_equals_a_hand_written_edge_ablation(
+    net, hand, n_edges, sizes, call_macs, monkeypatch
+):
+    monkeypatch.setattr(channel_ablation, "CALL_MACS", call_macs)
     model = net().eval()
     gen = torch.Generator().manual_seed(3)
     clean, corrupt = torch.randn(2, 4, 2, 9, 9, generator=gen)

@@ -16,9 +16,11 @@ out = conv(x_abl) + conv_{W*M}(x - x_abl). `prepare` computes every conv's all-c
 output once (one pass, every conv output at its ablated value). Pairs that keep the same set of
 feeding nodes share one input copy, and the copies every variant needs, with each node's
 channels at its run or its ablated value as the copy's plan says, run stacked along the batch in
-one pass; a node's value then reflects the ablation of its own inputs. The output reads the nodes
-that feed it directly: channel c of each at its run value if its edge to the output is kept, else
-at its ablated value.
+one pass; a node's value then reflects the ablation of its own inputs. A conv's patterns run as
+one convolution (their inputs side by side, each pattern's weights in its own block) where the
+zero blocks cost less than the calls they save. The output reads the nodes that feed it
+directly: channel c of each at its run value if its edge to the output is kept, else at its
+ablated value.
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ from circuits.inputs import repeat, split
 from circuits.loops import chunks
 from circuits.modelgraph.channels import INPUT, Conv, patched_run, trace
 from circuits.site import Site
+
+# What one more convolution call (and its gathers) costs, in multiply-adds: about 0.15 ms on a
+# CPU core. A conv's patterns run as one convolution where the zero blocks that adds cost less.
+CALL_MACS = 6_000_000
 
 Keep = tuple[dict[str, Tensor], dict[str, Tensor]]
 """Per conv, keep[feeding node, c', c] (the edge node[c] -> conv[c'] is kept); per node feeding
@@ -178,7 +184,7 @@ class ChannelAblation:
     def run(self, base: Prepared, keeps: Sequence[Keep]) -> list[Any]:
         """The output of each variant with only its `keep` edges carrying their value: one pass
         over the copies every variant's plan asks for, stacked along the batch."""
-        plans = [self._plan(keep) for keep in keeps]
+        plans = [self._plan(keep, base) for keep in keeps]
         copies = [(v, j) for v, plan in enumerate(plans) for j in range(plan.copies)]
         first = np.cumsum([0] + [plan.copies for plan in plans]).tolist()  # a variant's copy 0
         batch = _batch(base.inputs)
@@ -188,10 +194,10 @@ class ChannelAblation:
             """The node's value in every copy: held on the channels the copy's plan says."""
             held = base.held[node]
             cut = np.zeros((len(copies), held.shape[1]), dtype=bool)
-            for i, (v, j) in enumerate(copies):
-                carried = plans[v].carry.get(node)
-                if carried is not None and j < len(carried):
-                    cut[i] = carried[j] == 0
+            for v, plan in enumerate(plans):
+                carried = plan.carry.get(node)
+                if carried is not None:
+                    cut[first[v] : first[v] + len(carried)] = carried == 0
             stacked = (
                 value(0).expand(len(copies), *held.shape)
                 if len(plans) == 1
@@ -225,8 +231,8 @@ class ChannelAblation:
         for name in self.order:
             fns[f"{name}:input"] = enter(name)
             fns[name] = leave(name)
-        # each conv's own output is replaced by `leave`: skip computing it
-        skip = {name: repeat(base.none_out[name], len(copies)) for name in self.order}
+        # each conv's own output is replaced by `leave`: skip computing it (any value will do)
+        skip = {n: v.new_empty(len(copies) * batch, *v.shape[1:]) for n, v in base.none_out.items()}
         out = run(self.model, repeat(base.inputs, len(copies)), replace=fns, bypass=skip).output
         outs = split(out, len(copies), batch)
         return [outs[first[v] + plan.output] for v, plan in enumerate(plans)]
@@ -243,7 +249,7 @@ class ChannelAblation:
             _add_masked(value, conv, diff, term)
         return value
 
-    def _plan(self, keep: Keep) -> Plan:
+    def _plan(self, keep: Keep, base: Prepared) -> Plan:
         """Which copies of the input one variant needs, and what each node carries in each:
         every pattern of kept feeding nodes a conv reads on some channel must be present, on that
         channel, in one copy (ops between convs act channel by channel); the output reads one
@@ -253,10 +259,12 @@ class ChannelAblation:
         for name in self.order:
             senders = self.feeds[name]
             kept = masks[name].numpy()
-            kind = np.min_scalar_type(2 ** len(senders) - 1)
-            code = np.zeros(kept.shape[1:], dtype=kind)  # [c', c]
-            for i in range(len(senders)):
-                code |= kept[i].astype(kind) << i
+            code = kept[0].view(np.uint8)  # [c', c]; bool is 0 or 1
+            if len(senders) > 1:
+                kind = np.min_scalar_type(2 ** len(senders) - 1)
+                code = code.astype(kind)
+                for i in range(1, len(senders)):
+                    code |= kept[i].astype(kind) << i
             plan.terms[name] = []
             for p in _present(code, len(senders)):
                 if p:
@@ -266,9 +274,23 @@ class ChannelAblation:
                     pattern = {n: p >> i & 1 for i, n in enumerate(senders)}
                     copy = plan.place(pattern, cols, len(need))
                     plan.terms[name].append(Term(rows, cols, copy, hit[rows][:, cols]))
+            plan.terms[name] = self._joined(name, plan.terms[name], code, base)
         bits = {n: out[n].numpy().astype(np.int8) for n in self.direct}
         plan.output = plan.place_all(bits)
         return plan
+
+    def _joined(self, name: str, terms: list[Term], code: np.ndarray, base: Prepared) -> list[Term]:
+        """A conv's terms as one convolution where its zero blocks cost fewer multiply-adds than
+        the calls it saves (`CALL_MACS`); else as they are."""
+        conv = self.convs[name]
+        if len(terms) < 2 or conv.groups != 1:
+            return terms
+        rows = np.flatnonzero(code.any(1))  # every term's output rows
+        width = sum(len(t.cols) for t in terms)
+        extra = len(rows) * width - sum(t.pairs.size for t in terms)
+        # multiply-adds per [c', c] pair: the kernel at each output position
+        per_pair = conv.weight[0, 0].numel() * base.none_out[name][:, 0].numel()
+        return [_merged(terms, rows)] if extra * per_pair <= (len(terms) - 1) * CALL_MACS else terms
 
     def _channels(self, node: str) -> int:
         conv = self.convs[self.first if node == INPUT else node]
@@ -316,14 +338,15 @@ class Plan:
         fits = np.ones((self.copies, len(cols)), dtype=bool)
         for n, b in bits.items():
             have = self.carry.get(n)
-            if have is not None:
-                fits[: len(have)] &= (have[:, cols] < 0) | (have[:, cols] == b)
+            if have is not None:  # free (-1) or b: not the other bit
+                fits[: len(have)] &= have[:, cols] != 1 - b
         copy = np.full(len(cols), self.copies)
         if self.copies:  # the first copy that fits, where one does
             copy = np.where(fits.any(0), fits.argmax(0), copy)
         self.copies = max(self.copies, int(copy.max(initial=-1)) + 1)
         for n, b in bits.items():
-            self._rows(n, width)
+            if len(self.carry.get(n, ())) < self.copies:
+                self._rows(n, width)
             self.carry[n][copy, cols] = b
         return copy
 
@@ -351,6 +374,18 @@ class Plan:
         self.carry[node] = have
 
 
+def _merged(terms: list[Term], rows: np.ndarray) -> Term:
+    """The terms of one conv as one: their output rows (`rows`, sorted), their input columns side
+    by side (a channel once per term that reads it), each term's pairs in its own block."""
+    pairs = np.zeros((len(rows), sum(len(t.cols) for t in terms)), dtype=bool)
+    at = 0
+    for t in terms:
+        pairs[np.searchsorted(rows, t.rows)[:, None], at + np.arange(len(t.cols))] = t.pairs
+        at += len(t.cols)
+    cols, copy = (np.concatenate([getattr(t, f) for t in terms]) for f in ("cols", "copy"))
+    return Term(rows, cols, copy, pairs)
+
+
 def _ends(
     edges: Iterable[tuple[str, str]] | nx.DiGraph, index: dict[Any, int]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -372,8 +407,9 @@ def _ends(
 def _present(code: np.ndarray, bits: int) -> list[int]:
     """The patterns (codes of `bits` bits) present in `code`: counted where they are few, sorted
     where a count would need 2^bits entries (a conv fed by many earlier blocks)."""
-    if bits == 1:  # one feeding node (most convs): no count needed
-        return [p for p, there in ((0, not code.all()), (1, bool(code.any()))) if there]
+    if bits == 1:  # one feeding node (most convs): 0 and 1 counted at once
+        ones = np.count_nonzero(code)
+        return [p for p, there in ((0, ones < code.size), (1, ones > 0)) if there]
     if bits <= 16:
         return np.flatnonzero(np.bincount(code.ravel())).tolist()
     return np.unique(code).tolist()
