@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 import torch
 
 import circuits as cc
 from circuits.errors import ConfigError, ShapeMismatchError
 from circuits.faithfulness import Faithfulness
+from circuits.modelgraph.channel_ablation import _present
 from tests.test_edge_patching import Residual
 
 
@@ -106,3 +108,10 @@ def test_batched_conv_runs_equal_one_at_a_time(ablation):
     single = Faithfulness(model, full, clean, corrupt, metric, ablation, memory=1)
     assert batched == pytest.approx([single.values([m])[0] for m in masks], abs=1e-5)
     assert check.values([check.keep(full.edges)]) == pytest.approx([check.model_value], abs=1e-5)
+
+
+@pytest.mark.parametrize("bits", [1, 3, 6, 18])  # tested one by one, counted, sorted
+def test_the_patterns_present_are_the_codes_that_occur(bits):
+    rng = np.random.default_rng(bits)
+    code = rng.choice(rng.integers(0, 1 << bits, size=6), size=(5, 7))
+    assert _present(code, bits) == sorted(set(code.ravel().tolist()) - {0})

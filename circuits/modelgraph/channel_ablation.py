@@ -265,32 +265,41 @@ class ChannelAblation:
                 code = code.astype(kind)
                 for i in range(1, len(senders)):
                     code |= kept[i].astype(kind) << i
-            plan.terms[name] = []
+            found = []  # per pattern: its code, output rows, input columns, copy per column
             for p in _present(code, len(senders)):
-                if p:
-                    hit = code == p
-                    need = hit.any(0)
-                    rows, cols = np.flatnonzero(hit.any(1)), np.flatnonzero(need)
-                    pattern = {n: p >> i & 1 for i, n in enumerate(senders)}
-                    copy = plan.place(pattern, cols, len(need))
-                    plan.terms[name].append(Term(rows, cols, copy, hit[rows][:, cols]))
-            plan.terms[name] = self._joined(name, plan.terms[name], code, base)
+                hit = code == p
+                need = hit.any(0)
+                rows, cols = np.flatnonzero(hit.any(1)), np.flatnonzero(need)
+                pattern = {n: p >> i & 1 for i, n in enumerate(senders)}
+                found.append((p, rows, cols, plan.place(pattern, cols, len(need))))
+            plan.terms[name] = self._terms(name, code, found, base)
         bits = {n: out[n].numpy().astype(np.int8) for n in self.direct}
         plan.output = plan.place_all(bits)
         return plan
 
-    def _joined(self, name: str, terms: list[Term], code: np.ndarray, base: Prepared) -> list[Term]:
-        """A conv's terms as one convolution where its zero blocks cost fewer multiply-adds than
-        the calls it saves (`CALL_MACS`); else as they are."""
+    def _terms(
+        self,
+        name: str,
+        code: np.ndarray,
+        found: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]],
+        base: Prepared,
+    ) -> list[Term]:
+        """A conv's patterns (code, rows, columns, copies) as one term, their columns side by side
+        and each one's pairs in its own block, where the zero blocks cost fewer multiply-adds
+        than the convolution calls that saves (`CALL_MACS`); else a term each."""
         conv = self.convs[name]
-        if len(terms) < 2 or conv.groups != 1:
-            return terms
-        rows = np.flatnonzero(code.any(1))  # every term's output rows
-        width = sum(len(t.cols) for t in terms)
-        extra = len(rows) * width - sum(t.pairs.size for t in terms)
-        # multiply-adds per [c', c] pair: the kernel at each output position
-        per_pair = conv.weight[0, 0].numel() * base.none_out[name][:, 0].numel()
-        return [_merged(terms, rows)] if extra * per_pair <= (len(terms) - 1) * CALL_MACS else terms
+        if len(found) > 1 and conv.groups == 1:
+            rows = np.flatnonzero(code.any(1))  # every pattern's output rows
+            extra = len(rows) * sum(len(c) for _, _, c, _ in found)
+            extra -= sum(len(r) * len(c) for _, r, c, _ in found)
+            # multiply-adds per [c', c] pair: the kernel at each output position
+            per_pair = conv.weight[0, 0].numel() * base.none_out[name][:, 0].numel()
+            if extra * per_pair <= (len(found) - 1) * CALL_MACS:
+                block = code[rows]
+                pairs = np.concatenate([block[:, c] == p for p, _, c, _ in found], axis=1)
+                cols, copy = (np.concatenate([f[i] for f in found]) for i in (2, 3))
+                return [Term(rows, cols, copy, pairs)]
+        return [Term(r, c, copy, code[r][:, c] == p) for p, r, c, copy in found]
 
     def _channels(self, node: str) -> int:
         conv = self.convs[self.first if node == INPUT else node]
@@ -374,18 +383,6 @@ class Plan:
         self.carry[node] = have
 
 
-def _merged(terms: list[Term], rows: np.ndarray) -> Term:
-    """The terms of one conv as one: their output rows (`rows`, sorted), their input columns side
-    by side (a channel once per term that reads it), each term's pairs in its own block."""
-    pairs = np.zeros((len(rows), sum(len(t.cols) for t in terms)), dtype=bool)
-    at = 0
-    for t in terms:
-        pairs[np.searchsorted(rows, t.rows)[:, None], at + np.arange(len(t.cols))] = t.pairs
-        at += len(t.cols)
-    cols, copy = (np.concatenate([getattr(t, f) for t in terms]) for f in ("cols", "copy"))
-    return Term(rows, cols, copy, pairs)
-
-
 def _ends(
     edges: Iterable[tuple[str, str]] | nx.DiGraph, index: dict[Any, int]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -405,14 +402,13 @@ def _ends(
 
 
 def _present(code: np.ndarray, bits: int) -> list[int]:
-    """The patterns (codes of `bits` bits) present in `code`: counted where they are few, sorted
-    where a count would need 2^bits entries (a conv fed by many earlier blocks)."""
-    if bits == 1:  # one feeding node (most convs): 0 and 1 counted at once
-        ones = np.count_nonzero(code)
-        return [p for p, there in ((0, ones < code.size), (1, ones > 0)) if there]
-    if bits <= 16:
-        return np.flatnonzero(np.bincount(code.ravel())).tolist()
-    return np.unique(code).tolist()
+    """The patterns (codes of `bits` bits) other than 0, nothing kept, present in `code`: tested
+    one by one where they are few (faster than a count on a large conv), counted where a count
+    fits, else sorted (a conv fed by many earlier blocks)."""
+    if bits <= 4:
+        return [p for p in range(1, 1 << bits) if (code == p).any()]
+    found = np.flatnonzero(np.bincount(code.ravel())) if bits <= 16 else np.unique(code)
+    return [p for p in found.tolist() if p]
 
 
 def _add_masked(out: Tensor, conv: Conv, x: Tensor, term: Term) -> None:
