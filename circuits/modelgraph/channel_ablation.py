@@ -92,6 +92,11 @@ class ChannelAblation:
         for conv, senders in self.feeds.items():
             for i, n in enumerate(senders):
                 self.feeder[self.name_of[n], self.name_of[conv]] = i
+        # every conv's mask [feeders, c', c] lives in one flat buffer: its shape and offset
+        self.shapes = np.array([(len(self.feeds[n]), self.convs[n].out_channels,
+                                 self.convs[n].in_channels) for n in self.order])  # fmt: skip
+        self.sizes = self.shapes.prod(1)
+        self.start = np.cumsum(self.sizes) - self.sizes
         self._table: tuple[nx.DiGraph, list[Any], dict[Any, int], np.ndarray, np.ndarray] | None
         self._table = None
         # the sites whose ablated values `run` reads (as for ResidualAblation)
@@ -117,24 +122,21 @@ class ChannelAblation:
              "model; use a graph that cc.attribute built for this model"),
         ):  # fmt: skip
             if bad.any():
-                a, b = keys[u[np.flatnonzero(bad)[0]]], keys[v[np.flatnonzero(bad)[0]]]
+                first = np.flatnonzero(bad)[0]
+                a, b = keys[u[first]], keys[v[first]]
                 raise InputError(f"edge {a!r} -> {b!r}: " + why.format(u=a))
         out = {}
         for n in self.direct:  # edges into the output
             kept = np.zeros(self._channels(n), dtype=bool)
             kept[unit[u[to_out & (node[u] == self.name_of[n])]]] = True
             out[n] = torch.from_numpy(kept)
-        # every conv's mask [feeders, c', c] in one buffer, an edge set at its flat offset (a
-        # conv's row in `node` is its place in `order`)
-        shapes = [(len(self.feeds[n]), self.convs[n].out_channels, self.convs[n].in_channels)
-                  for n in self.order]  # fmt: skip
-        dims, sizes = np.array(shapes), np.array([int(np.prod(s)) for s in shapes])
-        start = np.cumsum(sizes) - sizes
+        # each edge into a conv set at its offset in the masks' buffer (a conv's row in `node`
+        # is its place in `order`)
         into = ~to_out
-        t = node[v[into]]
-        flat = np.zeros(int(sizes.sum()), dtype=bool)
+        t, dims, start = node[v[into]], self.shapes, self.start
+        flat = np.zeros(int(self.sizes.sum()), dtype=bool)
         flat[start[t] + (place[into] * dims[t, 1] + unit[v[into]]) * dims[t, 2] + unit[u[into]]] = 1
-        masks = {n: torch.from_numpy(flat[start[i] : start[i] + sizes[i]].reshape(shapes[i]))
+        masks = {n: torch.from_numpy(flat[start[i] : start[i] + self.sizes[i]].reshape(dims[i]))
                  for i, n in enumerate(self.order)}  # fmt: skip
         return masks, out
 
@@ -185,7 +187,7 @@ class ChannelAblation:
         """The output of each variant with only its `keep` edges carrying their value: one pass
         over the copies every variant's plan asks for, stacked along the batch."""
         plans = [self._plan(keep, base) for keep in keeps]
-        copies = [(v, j) for v, plan in enumerate(plans) for j in range(plan.copies)]
+        owner = [v for v, plan in enumerate(plans) for _ in range(plan.copies)]  # per copy
         first = np.cumsum([0] + [plan.copies for plan in plans]).tolist()  # a variant's copy 0
         batch = _batch(base.inputs)
         xs: dict[str, Tensor] = {}
@@ -193,19 +195,19 @@ class ChannelAblation:
         def mix(node: str, value: Callable[[int], Tensor]) -> Tensor:
             """The node's value in every copy: held on the channels the copy's plan says."""
             held = base.held[node]
-            cut = np.zeros((len(copies), held.shape[1]), dtype=bool)
+            cut = np.zeros((len(owner), held.shape[1]), dtype=bool)
             for v, plan in enumerate(plans):
                 carried = plan.carry.get(node)
                 if carried is not None:
                     cut[first[v] : first[v] + len(carried)] = carried == 0
             stacked = (
-                value(0).expand(len(copies), *held.shape)
+                value(0).expand(len(owner), *held.shape)
                 if len(plans) == 1
-                else torch.stack([value(v) for v, _ in copies])
+                else torch.stack([value(v) for v in owner])
             )
             if cut.any():
                 where = torch.from_numpy(cut).to(held.device)
-                where = where.reshape(len(copies), 1, -1, *[1] * (held.ndim - 2))
+                where = where.reshape(len(owner), 1, -1, *[1] * (held.ndim - 2))
                 stacked = torch.where(where, held, stacked)
             return stacked.reshape(-1, *held.shape[1:])
 
@@ -220,7 +222,7 @@ class ChannelAblation:
 
         def leave(name: str) -> Any:
             def fn(act: Tensor, site: Site) -> Tensor:
-                x = xs[name].reshape(len(copies), batch, *xs[name].shape[1:])
+                x = xs[name].reshape(len(owner), batch, *xs[name].shape[1:])
                 runs = [self._value(name, base, plan, x[first[v]:]) for v, plan in
                         enumerate(plans)]  # fmt: skip
                 return mix(name, lambda v: runs[v])
@@ -232,9 +234,9 @@ class ChannelAblation:
             fns[f"{name}:input"] = enter(name)
             fns[name] = leave(name)
         # each conv's own output is replaced by `leave`: skip computing it (any value will do)
-        skip = {n: v.new_empty(len(copies) * batch, *v.shape[1:]) for n, v in base.none_out.items()}
-        out = run(self.model, repeat(base.inputs, len(copies)), replace=fns, bypass=skip).output
-        outs = split(out, len(copies), batch)
+        skip = {n: v.new_empty(len(owner) * batch, *v.shape[1:]) for n, v in base.none_out.items()}
+        out = run(self.model, repeat(base.inputs, len(owner)), replace=fns, bypass=skip).output
+        outs = split(out, len(owner), batch)
         return [outs[first[v] + plan.output] for v, plan in enumerate(plans)]
 
     def _value(self, name: str, base: Prepared, plan: Plan, x: Tensor) -> Tensor:
@@ -246,7 +248,7 @@ class ChannelAblation:
         for term in plan.terms[name]:
             copy, cols = (torch.from_numpy(t).to(x.device) for t in (term.copy, term.cols))
             diff = x[copy, :, cols].transpose(0, 1) - none[:, cols]
-            _add_masked(value, conv, diff, term)
+            _add_masked(value, conv, diff, term, cols)
         return value
 
     def _plan(self, keep: Keep, base: Prepared) -> Plan:
@@ -411,10 +413,11 @@ def _present(code: np.ndarray, bits: int) -> list[int]:
     return [p for p in found.tolist() if p]
 
 
-def _add_masked(out: Tensor, conv: Conv, x: Tensor, term: Term) -> None:
+def _add_masked(out: Tensor, conv: Conv, x: Tensor, term: Term, cols: Tensor) -> None:
     """out += conv of x [B, term.cols, ...] with only the weights of the term's [c', c] pairs;
-    without groups only the term's output and input channels are convolved."""
-    rows, cols = (torch.from_numpy(t).to(x.device) for t in (term.rows, term.cols))
+    without groups only the term's output and input channels are convolved (cols: term.cols as
+    a tensor on x's device)."""
+    rows = torch.from_numpy(term.rows).to(x.device)
     pairs = torch.from_numpy(term.pairs).to(conv.weight)
     if int(conv.groups) != 1:
         mask = conv.weight.new_zeros(conv.out_channels, conv.in_channels)
