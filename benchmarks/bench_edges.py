@@ -7,8 +7,9 @@
    the receiver's head or MLP and what it reaches, the last layer's queries, MLP and unembedding
    at the metric's position). ACDC on the same model, each edge test the change one more cut
    makes to the current circuit's recorded run, against one forward pass per edge test (what the
-   reference implementation runs) and against the same algorithm with one edge test per pass
-   (same circuit); EAP with zero ablation against patch ablation.
+   reference implementation runs; like it, ACDC leaves the edges into receivers cut off from the
+   output untested) and against the same algorithm with one edge test per pass (same circuit);
+   EAP with zero ablation against patch ablation.
 2. On the ResNet-18 shape (batch 2 x 3 x 64 x 64): edge-level faithfulness of the top 5% of EAP's
    channel edges against one forward pass (masked-weight convolutions of the kept channel pairs,
    one stacked pass), whole and without turning the graph into masks; and edge patching of the

@@ -10,14 +10,17 @@ that edge ablated too (`ablation`, the corrupted run's value by default) against
 circuit's. An edge whose removal moves the metric by less than `tau` is removed. The default
 metric is the paper's: the KL divergence of the circuit's output from the clean output, and an
 edge goes when the divergence grows by less than tau; with a metric of your own, when the metric
-moves by less than tau either way.
+moves by less than tau either way. A receiver none of whose outgoing edges is left is cut off
+from the output: its incoming edges go untested, as in the reference implementation (ablating
+them changes nothing).
 
 One difference from the reference implementation, for speed: the edges into one receiver are
 tested together, each against the same current circuit, in one batched pass (the reference tests
 them one after another, each against the circuit the previous test left). On a transformer the
-current circuit's run is recorded once per change, and each test recomputes only the heads, MLPs
-and logits its cut reaches (`Faithfulness.values(..., near=)`). The result records tau, the
-ablation, the number of batched passes and edge tests, and the circuit's faithfulness.
+current circuit's run is recorded once per change (one pass, with its metric), and each test
+recomputes only the heads, MLPs and logits its cut reaches (`Faithfulness.values(..., near=)`).
+The result records tau, the ablation, the number of batched passes (tests and recordings) and
+edge tests, and the circuit's faithfulness.
 """
 
 from __future__ import annotations
@@ -73,32 +76,38 @@ def acdc(
     check = Faithfulness(model, full, clean, corrupt, measure, baseline, **budget)
     kept = set(full.edges)
     effect: dict[tuple[str, str], float] = {}
-    near = check.keep(kept)
-    current = check.values([near])[0]
-    passes, tests = 1, 0
+    near = check.keep(kept)  # the current circuit's mask
+    current = check.record(near)
+    passes, tests, stale = 1, 0, False
     receivers = [n for n in reversed(list(nx.topological_sort(full))) if full.in_degree(n)]
     with progress_bar(len(receivers), "ACDC", progress, unit="receiver") as bar:
         for node in receivers:
-            incoming = [e for e in full.in_edges(node) if e in kept]
-            if incoming:
-                values = check.values([check.without(near, [e]) for e in incoming], near)
-                passes, tests = passes + 1, tests + len(incoming)
-                moved = {e: (v - current) if kl else abs(v - current)
-                         for e, v in zip(incoming, values, strict=True)}  # fmt: skip
-                effect.update(moved)
-                dropped = {e for e in incoming if moved[e] < tau}
-                if dropped:
-                    kept -= dropped
-                    after = check.without(near, dropped)
-                    current = check.values([after], near)[0]
-                    near = after
-                    passes += 1
             bar.update(1)
+            incoming = [e for e in full.in_edges(node) if e in kept]
+            if not incoming:
+                continue
+            if full.out_degree(node) and not any(e in kept for e in full.out_edges(node)):
+                kept -= set(incoming)  # cut off from the output: ablating them changes nothing
+                near, stale = check.without(near, incoming), True
+                continue
+            if stale:  # the circuit changed: its metric, its run recorded for the tests
+                current, passes, stale = check.record(near), passes + 1, False
+            values = check.values([check.without(near, [e]) for e in incoming], near)
+            passes, tests = passes + 1, tests + len(incoming)
+            moved = {e: (v - current) if kl else abs(v - current)
+                     for e, v in zip(incoming, values, strict=True)}  # fmt: skip
+            effect.update(moved)
+            dropped = {e for e in incoming if moved[e] < tau}
+            if dropped:
+                kept -= dropped
+                near, stale = check.without(near, dropped), True
+    if stale:
+        current, passes = check.record(near), passes + 1
     g = full.edge_subgraph(kept).copy()
     for u, v in g.edges:
         g.edges[u, v]["weight"] = effect[u, v]
         g.edges[u, v]["method"] = "acdc"
-    g.graph["faithfulness"] = check.score(g)
+    g.graph["faithfulness"] = check.fraction(current) if g.edges else 0.0
     g.graph["ablation"] = baseline.chosen(corrupt)
     g.graph["metric"] = "kl_div" if kl else g.graph["metric"]
     g.graph["thresholds"] = merge_thresholds(

@@ -99,6 +99,8 @@ def test_single_edge_flips_of_a_recorded_circuit(model, tokens):
     masks[torch.arange(len(picks)), picks[:, 0], picks[:, 1]] ^= True
     reference = g.run(base, values, masks)
     assert gap(metric, delta.outputs(circuit, masks), reference) <= 1e-9
+    # the recorded run's own output (ACDC's current metric)
+    assert gap(metric, [delta.output(circuit)], g.run(base, values, keep[None])) <= 1e-9
     # a recorded run computed from another recorded one is the same run
     again = delta.state(masks[0], circuit)
     assert gap(metric, delta.outputs(again, masks[1:]), reference[1:]) <= 1e-9

@@ -96,8 +96,9 @@ class Faithfulness:
     transformer a bool tensor [senders, receivers] over `runner.sender_keys` and
     `runner.receiver_keys`, a head's query, key and value inputs apart, so a caller may cut one of
     them alone), `outputs(masks)` the model's output with each mask's edges alone kept, and
-    `values(masks)` the metric of each; masks run many at a time, stacked along the batch under
-    `memory` bytes.
+    `values(masks)` the metric of each, `record(mask)` the metric of a search's next circuit (its
+    run recorded, on a transformer, for `values(masks, near=mask)`); masks run many at a time,
+    stacked along the batch under `memory` bytes.
     """
 
     def __init__(
@@ -163,14 +164,26 @@ class Faithfulness:
         """The metric with each mask's edges alone kept (`near`: as for `outputs`)."""
         return [float(metric_value(self.metric, out)) for out in self.outputs(masks, near)]
 
+    def record(self, mask: Any) -> float:
+        """The metric with `mask`'s edges alone kept, its run recorded (on a transformer) for
+        later `values(..., near=mask)`: a search's step to its next circuit in one pass."""
+        if self.delta is None:
+            return self.values([mask])[0]
+        state = self._recorded(mask)
+        logits = self.delta.output(state)
+        return float(metric_value(self.metric, logits))
+
+    def _recorded(self, near: Any) -> State:
+        """`near`'s recorded run, computed as changes to the last one recorded, if any."""
+        assert self.delta is not None
+        key = near.numpy().tobytes()
+        if self._near is None or self._near[0] != key:
+            self._near = (key, self.delta.state(near, self._near and self._near[1]))
+        return self._near[1]
+
     def _delta_outputs(self, masks: Sequence[Any], near: Any) -> Iterator[Any]:
         assert self.delta is not None
-        base = self.delta.clean
-        if near is not None:
-            key = near.numpy().tobytes()
-            if self._near is None or self._near[0] != key:  # from the last one, if any
-                self._near = (key, self.delta.state(near, self._near and self._near[1]))
-            base = self._near[1]
+        base = self.delta.clean if near is None else self._recorded(near)
         per_pass = self.delta.rows_per_pass(0, self.memory)
         for part in chunks(len(masks), per_pass):
             yield from self.delta.outputs(base, torch.stack(list(masks[part.start : part.stop])))
@@ -180,4 +193,8 @@ class Faithfulness:
         if not sub.edges:
             return 0.0
         (value,) = self.values([self.keep(sub)])
+        return self.fraction(value)
+
+    def fraction(self, value: float) -> float:
+        """The faithfulness of a circuit whose metric is `value` (as `score`)."""
         return (value - self.empty_value) / (self.model_value - self.empty_value)

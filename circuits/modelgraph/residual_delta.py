@@ -132,6 +132,10 @@ class ResidualDelta:
         assert isinstance(logits, Tensor)
         return [place_logits(x, self.positions, self.seq) for x in logits.unbind(0)]
 
+    def output(self, state: State) -> Tensor:
+        """The logits [B, seq, vocab] of a recorded run (as `outputs`)."""
+        return place_logits(state.logits, self.positions, self.seq)
+
     # the propagation ------------------------------------------------------------------------
 
     def _propagate(self, base: State, keeps: Tensor, *, record: bool) -> State | Tensor:
