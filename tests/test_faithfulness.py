@@ -162,8 +162,22 @@ class Stack(nn.Module):
         self.head = nn.Linear(3, 2)
 
     def forward(self, x):
-        h = torch.relu(self.conv2(torch.tanh(self.conv1(x))))
+        return self.readout(torch.relu(self.conv2(torch.tanh(self.conv1(x)))))
+
+    def readout(self, h):
         return self.head(h.mean(dim=(2, 3)))
+
+
+class Flat(Stack):
+    """Stack read out through x.view(batch, -1), as many conv nets do: a view the channels-last
+    layout cannot give, so the ablated runs keep the default one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(3 * 4 * 4, 2)  # conv2's 3 channels at 4 x 4 on 9 x 9 images
+
+    def readout(self, h):
+        return self.head(h.view(h.shape[0], -1))
 
 
 class Grouped(Stack):
@@ -203,7 +217,7 @@ def hand_conv(model, x, x_abl, kept):
         n_out = model.conv2.out_channels
         out_kept = torch.tensor([(f"conv2[{c}]", "output") in kept for c in range(n_out)])
         p2 = torch.where(out_kept[None, :, None, None], p2, p2_abl)
-        return model.head(torch.relu(p2).mean(dim=(2, 3)))
+        return model.readout(torch.relu(p2))
 
 
 @pytest.mark.parametrize("method", ["eap", "eap-ig"])
@@ -340,6 +354,7 @@ def hand_residual(model, x, x_abl, kept):
     ("net", "hand", "n_edges", "sizes"),
     [
         (Stack, hand_conv, 2 * 4 + 4 * 3 + 3, (4, 10, 16)),
+        (Flat, hand_conv, 2 * 4 + 4 * 3 + 3, (4, 10, 16)),
         # each input channel feeds the 2 output channels of its group
         (Grouped, hand_conv, 2 * 2 + 4 * 2 + 4, (4, 8, 12)),
         # conv3 reads conv2 and, through the skip, conv1: 2 x (3 x 2) edges

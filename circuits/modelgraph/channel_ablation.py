@@ -168,10 +168,17 @@ class ChannelAblation:
         batch = _batch(inputs)
         held = {INPUT: ablated[f"{self.first}:input"], **{n: ablated[n] for n in self.order}}
         held = {n: value.expand(batch, *value.shape[1:]) for n, value in held.items()}
-        ins = patched_run(self.model, inputs, {n: held[n] for n in self.order})[1]
+        convs = {n: held[n] for n in self.order}
+        layout = torch.channels_last
+        try:  # the pass with every conv output held, in the layout the stacked runs will use
+            ins = patched_run(self.model, inputs, _layout(convs, layout))[1]
+        except InputError:  # an op that needs the default layout, such as x.view(batch, -1)
+            layout = torch.contiguous_format
+            ins = patched_run(self.model, inputs, convs)[1]
         ins[self.first] = held[INPUT]
         outs = {n: self.convs[n](ins[n]) for n in self.order}
-        return Prepared(inputs, *(_last(d) for d in (held, ins, outs)))
+        held, ins, outs = (_layout(d, layout) for d in (held, ins, outs))
+        return Prepared(inputs, held, ins, outs, layout)
 
     def outputs(
         self, base: Prepared, ablated: dict[str, Tensor], keeps: Sequence[Keep], *,
@@ -205,8 +212,8 @@ class ChannelAblation:
                 if len(plans) == 1
                 else torch.stack([value(v) for v in owner])
             )
-            # written once into a buffer of the copies, images channels-last (see `_last`)
-            layout = torch.channels_last if held.ndim == 4 else torch.contiguous_format
+            # written once into a buffer of the copies, images in the runs' layout (`_layout`)
+            layout = base.layout if held.ndim == 4 else torch.contiguous_format
             shape = (len(owner) * held.shape[0], *held.shape[1:])
             out = torch.empty(shape, dtype=held.dtype, device=held.device, memory_format=layout)
             into = out.view(len(owner), *held.shape)
@@ -318,12 +325,14 @@ class ChannelAblation:
 @dataclass(frozen=True)
 class Prepared:
     """The ablated runs' shared part: the inputs, each node's ablated value (INPUT: the first
-    conv's input), each conv's input and output with every edge into it cut."""
+    conv's input), each conv's input and output with every edge into it cut, and the layout of
+    images in the runs (channels-last unless the model needs the default)."""
 
     inputs: Tensor
     held: dict[str, Tensor]
     none_in: dict[str, Tensor]
     none_out: dict[str, Tensor]
+    layout: torch.memory_format
 
 
 @dataclass(frozen=True)
@@ -409,10 +418,11 @@ def _ends(
     return u, v
 
 
-def _last(values: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Image tensors [B, c, h, w] in channels-last layout: the model's own ops between convs then
-    run in it on the stacked copies (CPU max pooling is 20x faster so) at no cost to a conv."""
-    return {n: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v
+def _layout(values: dict[str, Tensor], layout: torch.memory_format) -> dict[str, Tensor]:
+    """Image tensors [B, c, h, w] in `layout`. Channels-last where the model allows it: its own
+    ops between convs then run so on the stacked copies (CPU max pooling 20x faster), at no cost
+    to a conv."""
+    return {n: v.contiguous(memory_format=layout) if v.ndim == 4 else v
             for n, v in values.items()}  # fmt: skip
 
 
