@@ -112,11 +112,11 @@ class ChannelAblation:
             u, v = _ends(edges, index)
         except KeyError as err:
             raise InputError(f"edge end {err.args[0]!r} is not a node of the graph") from None
-        output = len(self.name_of)
-        to_out = node[v] == output
-        place = self.feeder[node[u], node[v]]
+        nu, nv = node[u], node[v]
+        to_out = nv == len(self.name_of)
+        place = self.feeder[nu, nv]
         for bad, why in (
-            (to_out & ~np.isin(node[u], [self.name_of[n] for n in self.direct]), "{u!r} does not "
+            (to_out & ~np.isin(nu, [self.name_of[n] for n in self.direct]), "{u!r} does not "
              "feed the output"),
             (~to_out & (place < 0), "it does not join a node to a conv it feeds directly in this "
              "model; use a graph that cc.attribute built for this model"),
@@ -128,12 +128,12 @@ class ChannelAblation:
         out = {}
         for n in self.direct:  # edges into the output
             kept = np.zeros(self._channels(n), dtype=bool)
-            kept[unit[u[to_out & (node[u] == self.name_of[n])]]] = True
+            kept[unit[u[to_out & (nu == self.name_of[n])]]] = True
             out[n] = torch.from_numpy(kept)
         # each edge into a conv set at its offset in the masks' buffer (a conv's row in `node`
         # is its place in `order`)
         into = ~to_out
-        t, dims, start = node[v[into]], self.shapes, self.start
+        t, dims, start = nv[into], self.shapes, self.start
         flat = np.zeros(int(self.sizes.sum()), dtype=bool)
         flat[start[t] + (place[into] * dims[t, 1] + unit[v[into]]) * dims[t, 2] + unit[u[into]]] = 1
         masks = {n: torch.from_numpy(flat[start[i] : start[i] + self.sizes[i]].reshape(dims[i]))
@@ -168,17 +168,17 @@ class ChannelAblation:
         batch = _batch(inputs)
         held = {INPUT: ablated[f"{self.first}:input"], **{n: ablated[n] for n in self.order}}
         held = {n: value.expand(batch, *value.shape[1:]) for n, value in held.items()}
-        convs = {n: held[n] for n in self.order}
         layout = torch.channels_last
+        laid = _layout(held, layout)
         try:  # the pass with every conv output held, in the layout the stacked runs will use
-            ins = patched_run(self.model, inputs, _layout(convs, layout))[1]
+            ins = patched_run(self.model, inputs, {n: laid[n] for n in self.order})[1]
         except InputError:  # an op that needs the default layout, such as x.view(batch, -1)
             layout = torch.contiguous_format
-            ins = patched_run(self.model, inputs, convs)[1]
-        ins[self.first] = held[INPUT]
+            laid = _layout(held, layout)
+            ins = patched_run(self.model, inputs, {n: laid[n] for n in self.order})[1]
+        ins[self.first] = laid[INPUT]
         outs = {n: self.convs[n](ins[n]) for n in self.order}
-        held, ins, outs = (_layout(d, layout) for d in (held, ins, outs))
-        return Prepared(inputs, held, ins, outs, layout)
+        return Prepared(inputs, laid, _layout(ins, layout), _layout(outs, layout), layout)
 
     def outputs(
         self, base: Prepared, ablated: dict[str, Tensor], keeps: Sequence[Keep], *,
@@ -372,8 +372,7 @@ class Plan:
             copy = np.where(fits.any(0), fits.argmax(0), copy)
         self.copies = max(self.copies, int(copy.max(initial=-1)) + 1)
         for n, b in bits.items():
-            if len(self.carry.get(n, ())) < self.copies:
-                self._rows(n, width)
+            self._rows(n, width)
             self.carry[n][copy, cols] = b
         return copy
 
