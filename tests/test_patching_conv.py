@@ -171,12 +171,14 @@ def test_chunking_does_not_change_results(convnet, images):
         ablation="zero",
         memory=1,
     )
-    assert torch.equal(whole.values, one_by_one.values)
-    assert torch.equal(whole.values, small.values)
+    # equal up to rounding: a convolution may sum in another order at another batch size
+    for other in (one_by_one, small):
+        torch.testing.assert_close(other.values, whole.values, rtol=0, atol=1e-6)
 
 
 def test_result_views(convnet, images):
-    corrupt = images.flip(0)
+    corrupt = images.flip(-1)  # mirrored: the batch's mean output changes (a reordered batch's
+    # does not, and normalising needs the clean and corrupted metrics apart)
     res = patch(
         convnet,
         images,

@@ -106,6 +106,31 @@ def test_single_edge_flips_of_a_recorded_circuit(model, tokens):
     assert gap(metric, delta.outputs(again, masks[1:]), reference[1:]) <= 1e-9
 
 
+def test_senders_no_variant_reads_do_not_run_again(model, tokens, monkeypatch):
+    """A sender none of whose edges out any variant keeps is never read, so it does not run
+    again: the empty circuit runs no head or MLP. Masks with whole senders cut off, sparse ones
+    and the empty one still match the hook pass, from the clean run and from a recorded circuit.
+    """
+    metric = metrics(model, tokens)[2]
+    g, base, values = setup(model, tokens, metric)
+    delta = ResidualDelta.build(g, base, values)
+    off = torch.rand(4, len(g.senders), generator=torch.Generator().manual_seed(12)) < 0.5
+    masks = torch.cat([
+        random_masks(g, 4, 0.6, seed=11) & ~off[:, :, None],
+        random_masks(g, 2, 0.05, seed=13),
+        torch.zeros(1, *g.valid.shape, dtype=torch.bool),
+    ])  # fmt: skip
+    reference = g.run(base, values, masks)
+    circuit = delta.state(random_masks(g, 1, 0.5, seed=14)[0])
+    for near in (delta.clean, circuit):
+        assert gap(metric, delta.outputs(near, masks), reference) <= 1e-9
+    ran = []
+    for name in ("_project", "_mlp"):
+        monkeypatch.setattr(delta, name, lambda *a, name=name: ran.append(name))
+    assert gap(metric, delta.outputs(delta.clean, masks[-1:]), reference[-1:]) <= 1e-9
+    assert ran == []
+
+
 def test_a_run_it_does_not_reproduce_falls_back(model, tokens, monkeypatch):
     """A wrong attention scale makes its clean run differ from the model's: no delta runs, and
     edge patching still gives the hook pass's scores."""

@@ -9,8 +9,9 @@ carries is the config's `Baseline` (`circuits.capture.ablated`).
 Transformers: only the receiver's input moves, so each single-edge variant is computed as the
 change it makes to the clean run (`circuits.modelgraph.residual_delta`): the receiver's head or
 MLP, then every head and MLP downstream, the last layer's queries, MLP and unembedding only at
-the metric's positions; the variants of one receiver layer run stacked along the batch, in
-receiver order, so those into one receiver share its input. Where that
+the metric's positions; the variants into one head or MLP run stacked along the batch (a pass
+computes every head any of its variants moves, for all of them), those into one receiver
+sharing its input. Where that
 computation does not reproduce the model's own run, the hook-based pass
 (`circuits.modelgraph.residual_ablation`) runs instead, resumed from the receiver's block.
 
@@ -72,24 +73,34 @@ def _transformer(
     per_pass = cfg.max_batch // batch if cfg.max_batch else g.rows_per_pass(base)
     delta = ResidualDelta.build(g, base, values)
     edges = g.valid.nonzero()
-    edges = edges[edges[:, 1].argsort(stable=True)]  # edges into one receiver share its input
-    layer = torch.where(edges[:, 1] == len(g.receivers) - 1, g.n_layers, g.recv_layer[edges[:, 1]])
+    cols = edges[:, 1]
+    layer = torch.where(cols == len(g.receivers) - 1, g.n_layers, g.recv_layer[cols])
+    # a pass's variants: those into one head (its queries, keys or values) or MLP where the delta
+    # runs, since a pass recomputes every head any of its variants moves; those into one block
+    # for the hook pass, which resumes there. Edges into one receiver share its input.
+    unit = layer * (g.n_heads + 1) + _head(g, cols) if delta is not None else layer
+    order = (unit * len(g.receivers) + cols).argsort(stable=True)
+    edges, unit, layer = edges[order], unit[order], layer[order]
     scores = nan_matrix(*g.valid.shape)
+
+    def outputs(keep: Tensor) -> list[Any]:
+        return delta.outputs(delta.clean, keep) if delta else g.run(base, values, keep)
+
     with progress_bar(len(edges), "edge patching", cfg.progress, unit="edge") as bar:
-        for ly in layer.unique().tolist():  # one resumed block per group of passes
-            group = edges[layer == ly]
+        for u in unit.unique().tolist():
+            group = edges[unit == u]
+            ly = int(layer[unit == u][0])
             if delta is not None and not cfg.max_batch:
                 per_pass = delta.rows_per_pass(min(ly, g.n_layers - 1), MEMORY)
             for part in chunks(len(group), max(1, per_pass)):
                 pairs = group[part.start : part.stop]
                 keep = torch.ones(len(pairs), *g.valid.shape, dtype=torch.bool)
                 keep[torch.arange(len(pairs)), pairs[:, 0], pairs[:, 1]] = False
-                outs = delta.outputs(delta.clean, keep) if delta else g.run(base, values, keep)
-                for (s, r), out in zip(pairs.tolist(), outs, strict=True):
+                for (s, r), out in zip(pairs.tolist(), outputs(keep), strict=True):
                     scores[s, r] = float(metric_value(metric, out)) - clean_value
                 bar.update(len(pairs))
     if corrupt_value is None:  # no corrupted run: the metric with every edge cut
-        (out,) = g.run(base, values, ~g.valid)
+        (out,) = outputs(torch.zeros(1, *g.valid.shape, dtype=torch.bool))
         corrupt_value = float(metric_value(metric, out))
     return AttributionResult(
         scores=scores,
@@ -103,6 +114,13 @@ def _transformer(
         node_table=tuple(g.node_rows(acts)),
         receivers=g.input_of,
     )
+
+
+def _head(g: ResidualAblation, cols: Tensor) -> Tensor:
+    """Per receiver column, the head whose query, key or value input it is; n_heads for an MLP's
+    input (the logits' column: 0, alone in its layer)."""
+    within = cols % g.recv_per_layer
+    return torch.where(within < 3 * g.n_heads, within % g.n_heads, g.n_heads)
 
 
 def _conv(

@@ -25,6 +25,7 @@ ablated value.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -258,11 +259,16 @@ class ChannelAblation:
         copy 0: its output with every edge cut, plus per pattern of kept feeding nodes a conv with
         the pattern's weights of (the pattern's input - the cut one)."""
         conv, none = self.convs[name], base.none_in[name]
-        value = base.none_out[name].clone()
-        for term in plan.terms[name]:
+        value = base.none_out[name]
+        for i, term in enumerate(plan.terms[name]):
             copy, cols = (torch.from_numpy(t).to(x.device) for t in (term.copy, term.cols))
             diff = x[copy, :, cols].transpose(0, 1) - none[:, cols]
-            _add_masked(value, conv, diff, term, cols)
+            rows, y = _masked(conv, diff, term, cols)
+            if rows is None:  # every output channel: one sum, no copy of the cut output
+                value = value + y
+            else:
+                value = value.clone() if i == 0 else value
+                value.index_add_(1, rows, y)
         return value
 
     def _plan(self, keep: Keep, base: Prepared) -> Plan:
@@ -309,7 +315,8 @@ class ChannelAblation:
             extra = len(rows) * sum(len(c) for _, _, c, _ in found)
             extra -= sum(len(r) * len(c) for _, r, c, _ in found)
             # multiply-adds per [c', c] pair: the kernel at each output position
-            per_pair = conv.weight[0, 0].numel() * base.none_out[name][:, 0].numel()
+            out = base.none_out[name].shape
+            per_pair = math.prod(conv.weight.shape[2:]) * math.prod(out) // out[1]
             if extra * per_pair <= (len(found) - 1) * CALL_MACS:
                 block = code[rows]
                 pairs = np.concatenate([block[:, c] == p for p, _, c, _ in found], axis=1)
@@ -393,7 +400,9 @@ class Plan:
 
     def _rows(self, node: str, width: int) -> None:
         """Grow carry[node] ([copy, width]) to `copies` rows, the new ones free."""
-        have = self.carry.get(node, np.full((0, width), -1, dtype=np.int8))
+        have = self.carry.get(node)
+        if have is None:
+            have = np.full((0, width), -1, dtype=np.int8)
         if len(have) < self.copies:
             pad = np.full((self.copies - len(have), have.shape[1]), -1, dtype=np.int8)
             have = np.concatenate([have, pad])
@@ -435,22 +444,25 @@ def _present(code: np.ndarray, bits: int) -> list[int]:
     return [p for p in found.tolist() if p]
 
 
-def _add_masked(out: Tensor, conv: Conv, x: Tensor, term: Term, cols: Tensor) -> None:
-    """out += conv of x [B, term.cols, ...] with only the weights of the term's [c', c] pairs;
-    without groups only the term's output and input channels are convolved (cols: term.cols as
-    a tensor on x's device)."""
-    rows = torch.from_numpy(term.rows).to(x.device)
+def _masked(conv: Conv, x: Tensor, term: Term, cols: Tensor) -> tuple[Tensor | None, Tensor]:
+    """The conv of x [B, term.cols, ...] with only the weights of the term's [c', c] pairs, at
+    the output channels it returns (None: all of them); without groups only the term's output
+    and input channels are convolved (cols: term.cols as a tensor on x's device)."""
     pairs = torch.from_numpy(term.pairs).to(conv.weight)
     if int(conv.groups) != 1:
         mask = conv.weight.new_zeros(conv.out_channels, conv.in_channels)
-        mask[rows[:, None], cols] = pairs
+        mask[torch.from_numpy(term.rows)[:, None], cols] = pairs
         full = x.new_zeros(x.shape[0], conv.in_channels, *x.shape[2:])
         full[:, cols] = x
-        out += conv._conv_forward(full, conv.weight * _grouped(mask, conv), None)
-        return
-    weight = conv.weight.index_select(0, rows).index_select(1, cols)  # faster than [rows, cols]
+        return None, conv._conv_forward(full, conv.weight * _grouped(mask, conv), None)
+    weight = conv.weight
+    every = len(term.rows) == conv.out_channels  # rows are sorted and distinct
+    rows = None if every else torch.from_numpy(term.rows).to(x.device)
+    if rows is not None:
+        weight = weight.index_select(0, rows)
+    weight = weight.index_select(1, cols)  # two index_selects: faster than [rows, cols]
     weight = weight * pairs.reshape(*pairs.shape, *[1] * (conv.weight.ndim - 2))
-    out.index_add_(1, rows, conv._conv_forward(x, weight, None))
+    return rows, conv._conv_forward(x, weight, None)
 
 
 def _grouped(mask: Tensor, conv: Conv) -> Tensor:

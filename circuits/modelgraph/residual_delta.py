@@ -10,10 +10,12 @@ input moves by
     dx(r) = sum_s kv[s, r] * d_s + (kv[s, r] - kb[s, r]) * (out_s - abl_s)
 
 so a receiver none of whose kept senders moved, and none of whose edges changed, keeps its
-recorded input, and a head or MLP with unmoved inputs keeps its recorded output. The rest is
-recomputed per head (queries, keys and values of the moved heads only) and per MLP; on the last
-layer, with the metric's positions known, the queries, MLP and logits run only there (a causal
-model's keys and values still run at every position). Many variants run stacked, [k, B, ...].
+recorded input, and a head or MLP with unmoved inputs keeps its recorded output; one whose
+output no variant reads (every edge out of it cut) is not run either, except in a recorded run.
+The rest is recomputed per head (queries, keys and values of the moved heads only) and per MLP;
+on the last layer, with the metric's positions known, the queries, MLP and logits run only there
+(a causal model's keys and values still run at every position). Many variants run stacked,
+[k, B, ...].
 
 This is a second implementation of the model's block (norms, per-head causal attention, the MLP
 through its own module), so `ResidualDelta.build` checks that its own clean run reproduces the
@@ -147,6 +149,9 @@ class ResidualDelta:
         change = kv.astype(np.int8) - (base.keep & g.valid).numpy().astype(np.int8)
         # [receivers]: some variant changes an edge into it
         touched = np.asarray(change.any(axis=(0, 1)))
+        # [senders]: some variant keeps an edge out of it. The others' outputs are never read, so
+        # they do not run again, except in a recorded run (later variants may keep them)
+        read = np.asarray(kv.any(axis=(0, 2)) | record)
         k = kv.shape[0]
         moved = _Moved()  # sender -> its output's change [k, B, p, d]
         total: Tensor | None = None  # sum of moved, the stream's change
@@ -155,11 +160,14 @@ class ResidualDelta:
             win = None if record or ly < g.n_layers - 1 else self.positions
             base_col = ly * g.recv_per_layer
             parts: dict[str, tuple[list[int], Tensor]] = {}
+            live = [h for h in range(H) if read[1 + ly * g.per_layer + h]]
             for i, p in enumerate("qkv"):
                 at = win if p == "q" else None
                 cols = [base_col + i * H + h for h in range(H)]
-                dxs = self._dx(base, kv, change, touched, moved, total, cols, at)
-                heads = [h for h in range(H) if dxs[h] is not None]
+                got = self._dx(base, kv, change, touched, moved, total,
+                               [cols[h] for h in live], at) if live else []  # fmt: skip
+                dxs = dict(zip(live, got, strict=True))
+                heads = [h for h in live if dxs[h] is not None]
                 if heads:
                     parts[p] = (heads, self._project(base, ly, p, heads, dxs, cols, at, new))
             if win is not None and total is not None:  # the rest of the last layer: at win
@@ -178,7 +186,7 @@ class ResidualDelta:
                         new.out[s] = base.out[s] + moved[s][0]
                 if new is not None:
                     new.heads(ly, heads, parts, z)
-            if g.mlp:
+            if g.mlp and read[(ly + 1) * g.per_layer]:
                 col = base_col + 3 * H
                 (dx,) = self._dx(base, kv, change, touched, moved, total, [col], win)
                 if dx is not None:
@@ -270,7 +278,7 @@ class ResidualDelta:
         return acc
 
     def _project(
-        self, base: State, ly: int, p: str, heads: list[int], dx: list[Tensor | None],
+        self, base: State, ly: int, p: str, heads: list[int], dx: Mapping[int, Tensor | None],
         cols: list[int], at: Sequence[int] | None, new: _Recorder | None,
     ) -> Tensor:  # fmt: skip
         """The moved heads' q, k or v [k, B, p', head', d_head] from their moved inputs."""
