@@ -321,6 +321,8 @@ class ResidualDelta:
             if p not in parts:
                 return rec
             hs, val = parts[p]
+            if hs == heads:  # every head moved: nothing recorded to fill in
+                return val
             idx = [hs.index(h) if h in hs else -1 for h in heads]
             rows = torch.tensor([i for i in idx if i >= 0])
             where = torch.tensor([j for j, i in enumerate(idx) if i >= 0])
