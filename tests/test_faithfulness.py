@@ -280,6 +280,10 @@ def test_bad_input_raises_and_leaves_the_model_alone(induction):
     check = Faithfulness(corner_cnn(), corner, images[1:3], images[[0, 3]], lambda o: o.sum())
     with pytest.raises(InputError, match="'conv9\\[0\\]' is not a node of the graph"):
         check.keep([("conv9[0]", "output")])
+    with pytest.raises(InputError, match="'conv1\\[0\\]' does not feed the output"):
+        check.keep([("conv2[0]", "output"), ("conv1[0]", "output")])
+    with pytest.raises(InputError, match=r"'conv1:input\[0\]' -> 'conv2\[1\]': it does not join"):
+        check.keep([("conv1[0]", "conv2[1]"), ("conv1:input[0]", "conv2[1]")])
     with pytest.raises(ConfigError, match="either target"):
         cc.discover(model, clean, corrupt, loss, target=0.9, top_k=3)
     assert cc.hook_count(model) == hooks_before

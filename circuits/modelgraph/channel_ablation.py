@@ -93,11 +93,16 @@ class ChannelAblation:
         for conv, senders in self.feeds.items():
             for i, n in enumerate(senders):
                 self.feeder[self.name_of[n], self.name_of[conv]] = i
-        # every conv's mask [feeders, c', c] lives in one flat buffer: its shape and offset
-        self.shapes = np.array([(len(self.feeds[n]), self.convs[n].out_channels,
-                                 self.convs[n].in_channels) for n in self.order])  # fmt: skip
+        # every conv's mask [feeders, c', c] lives in one flat buffer: its shape and offset, per
+        # row (the rows past the convs', the input's and the output's, are never read)
+        self.shapes = np.zeros((len(self.name_of) + 1, 3), dtype=np.int64)
+        for i, n in enumerate(self.order):
+            layer = self.convs[n]
+            self.shapes[i] = len(self.feeds[n]), layer.out_channels, layer.in_channels
         self.sizes = self.shapes.prod(1)
         self.start = np.cumsum(self.sizes) - self.sizes
+        self.feeds_out = np.zeros(len(self.name_of) + 1, dtype=bool)  # per row
+        self.feeds_out[[self.name_of[n] for n in self.direct]] = True
         self._table: tuple[nx.DiGraph, list[Any], dict[Any, int], np.ndarray, np.ndarray] | None
         self._table = None
         # the sites whose ablated values `run` reads (as for ResidualAblation)
@@ -117,8 +122,7 @@ class ChannelAblation:
         to_out = nv == len(self.name_of)
         place = self.feeder[nu, nv]
         for bad, why in (
-            (to_out & ~np.isin(nu, [self.name_of[n] for n in self.direct]), "{u!r} does not "
-             "feed the output"),
+            (to_out & ~self.feeds_out[nu], "{u!r} does not feed the output"),
             (~to_out & (place < 0), "it does not join a node to a conv it feeds directly in this "
              "model; use a graph that cc.attribute built for this model"),
         ):  # fmt: skip
@@ -132,11 +136,11 @@ class ChannelAblation:
             kept[unit[u[to_out & (nu == self.name_of[n])]]] = True
             out[n] = torch.from_numpy(kept)
         # each edge into a conv set at its offset in the masks' buffer (a conv's row in `node`
-        # is its place in `order`)
-        into = ~to_out
-        t, dims, start = nv[into], self.shapes, self.start
+        # is its place in `order`; the edges into the output, computed too, are left out)
+        dims, start = self.shapes, self.start
+        at = start[nv] + (place * dims[nv, 1] + unit[v]) * dims[nv, 2] + unit[u]
         flat = np.zeros(int(self.sizes.sum()), dtype=bool)
-        flat[start[t] + (place[into] * dims[t, 1] + unit[v[into]]) * dims[t, 2] + unit[u[into]]] = 1
+        flat[at[~to_out]] = 1
         masks = {n: torch.from_numpy(flat[start[i] : start[i] + self.sizes[i]].reshape(dims[i]))
                  for i, n in enumerate(self.order)}  # fmt: skip
         return masks, out
@@ -289,7 +293,7 @@ class ChannelAblation:
                     code |= kept[i].astype(kind) << i
             found = []  # per pattern: its code, output rows, input columns, copy per column
             for p in _present(code, len(senders)):
-                hit = code == p
+                hit = kept[0] if len(senders) == 1 else code == p
                 need = hit.any(0)
                 rows, cols = np.flatnonzero(hit.any(1)), np.flatnonzero(need)
                 pattern = {n: p >> i & 1 for i, n in enumerate(senders)}
@@ -369,14 +373,12 @@ class Plan:
     def place(self, bits: dict[str, int], cols: np.ndarray, width: int) -> np.ndarray:
         """Per channel in `cols` (of `width`), the copy that carries `bits` (one per node) there:
         the first whose nodes carry those bits or are free on that channel, else a new one."""
-        fits = np.ones((self.copies, len(cols)), dtype=bool)
+        fits = np.ones((self.copies + 1, len(cols)), dtype=bool)  # the last row: a new copy
         for n, b in bits.items():
             have = self.carry.get(n)
             if have is not None:  # free (-1) or b: not the other bit
                 fits[: len(have)] &= have[:, cols] != 1 - b
-        copy = np.full(len(cols), self.copies)
-        if self.copies:  # the first copy that fits, where one does
-            copy = np.where(fits.any(0), fits.argmax(0), copy)
+        copy = fits.argmax(0)  # the first copy that fits
         self.copies = max(self.copies, int(copy.max(initial=-1)) + 1)
         for n, b in bits.items():
             self._rows(n, width)
@@ -419,7 +421,7 @@ def _ends(
         nodes, succ = zip(*edges.adjacency(), strict=True) if len(edges) else ((), ())
         us = np.fromiter(map(lookup, nodes), np.int64, len(nodes))
         degree = np.fromiter(map(len, succ), np.int64, len(succ))
-        vs = np.fromiter(map(lookup, chain.from_iterable(succ)), np.int64)
+        vs = np.fromiter(map(lookup, chain.from_iterable(succ)), np.int64, int(degree.sum()))
         return np.repeat(us, degree), vs
     ends = np.fromiter(map(lookup, chain.from_iterable(edges)), np.int64)
     u, v = ends.reshape(-1, 2).T
