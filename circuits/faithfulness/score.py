@@ -190,7 +190,7 @@ class Faithfulness:
 
     def score(self, sub: nx.DiGraph) -> float:
         """(m(sub) - m(empty)) / (m(model) - m(empty)) for a subgraph `sub` of the graph."""
-        if not sub.edges:
+        if nx.is_empty(sub):  # stops at the first edge; `not sub.edges` counts them all
             return 0.0
         (value,) = self.values([self.keep(sub)])
         return self.fraction(value)
