@@ -88,8 +88,8 @@ def _transformer(
 
     with progress_bar(len(edges), "edge patching", cfg.progress, unit="edge") as bar:
         for u in unit.unique().tolist():
-            group = edges[unit == u]
-            ly = int(layer[unit == u][0])
+            into = unit == u
+            group, ly = edges[into], int(layer[into][0])
             if delta is not None and not cfg.max_batch:
                 per_pass = delta.rows_per_pass(min(ly, g.n_layers - 1), MEMORY)
             for part in chunks(len(group), max(1, per_pass)):

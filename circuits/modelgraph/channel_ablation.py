@@ -264,14 +264,14 @@ class ChannelAblation:
         the pattern's weights of (the pattern's input - the cut one)."""
         conv, none = self.convs[name], base.none_in[name]
         value = base.none_out[name]
-        for i, term in enumerate(plan.terms[name]):
+        for term in plan.terms[name]:
             copy, cols = (torch.from_numpy(t).to(x.device) for t in (term.copy, term.cols))
             diff = x[copy, :, cols].transpose(0, 1) - none[:, cols]
             rows, y = _masked(conv, diff, term, cols)
             if rows is None:  # every output channel: one sum, no copy of the cut output
                 value = value + y
             else:
-                value = value.clone() if i == 0 else value
+                value = value.clone() if value is base.none_out[name] else value
                 value.index_add_(1, rows, y)
         return value
 
@@ -293,7 +293,7 @@ class ChannelAblation:
                     code |= kept[i].astype(kind) << i
             found = []  # per pattern: its code, output rows, input columns, copy per column
             for p in _present(code, len(senders)):
-                hit = kept[0] if len(senders) == 1 else code == p
+                hit = code == p
                 need = hit.any(0)
                 rows, cols = np.flatnonzero(hit.any(1)), np.flatnonzero(need)
                 pattern = {n: p >> i & 1 for i, n in enumerate(senders)}
@@ -457,10 +457,9 @@ def _masked(conv: Conv, x: Tensor, term: Term, cols: Tensor) -> tuple[Tensor | N
         full = x.new_zeros(x.shape[0], conv.in_channels, *x.shape[2:])
         full[:, cols] = x
         return None, conv._conv_forward(full, conv.weight * _grouped(mask, conv), None)
-    weight = conv.weight
-    every = len(term.rows) == conv.out_channels  # rows are sorted and distinct
-    rows = None if every else torch.from_numpy(term.rows).to(x.device)
-    if rows is not None:
+    weight, rows = conv.weight, None
+    if len(term.rows) < conv.out_channels:  # rows are sorted and distinct: else all of them
+        rows = torch.from_numpy(term.rows).to(x.device)
         weight = weight.index_select(0, rows)
     weight = weight.index_select(1, cols)  # two index_selects: faster than [rows, cols]
     weight = weight * pairs.reshape(*pairs.shape, *[1] * (conv.weight.ndim - 2))
